@@ -1,0 +1,226 @@
+"""Keypoint definitions: names, flip pairs, skeleton and OKS sigmas, loaded from the
+three text formats of the original tf-keras hourglass project and validated once.
+
+- classes file: one keypoint name a line; order = heatmap channel order.
+- match-point file: ``nameA,nameB,flip_type`` a line, flip_type ``h`` or ``v``.
+- skeleton file: ``start,end,color`` a line, color ``r``, ``g`` or ``b``.
+
+Blank lines and lines starting with ``#`` are ignored. Every problem raises
+``KeypointSpecError`` naming the file and the line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional, Sequence
+
+CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# Spellings in files users already have, mapped to our canonical name.
+NAME_ALIASES = {"plevis": "pelvis"}
+
+COLOR_RGB = {"r": (255, 0, 0), "g": (0, 255, 0), "b": (0, 0, 255)}
+
+# COCO's per-keypoint OKS sigmas (pycocotools' COCOeval defaults), by name.
+COCO_OKS_SIGMAS = {
+    "nose": 0.026, "left_eye": 0.025, "right_eye": 0.025, "left_ear": 0.035,
+    "right_ear": 0.035, "left_shoulder": 0.079, "right_shoulder": 0.079,
+    "left_elbow": 0.072, "right_elbow": 0.072, "left_wrist": 0.062, "right_wrist": 0.062,
+    "left_hip": 0.107, "right_hip": 0.107, "left_knee": 0.087, "right_knee": 0.087,
+    "left_ankle": 0.089, "right_ankle": 0.089,
+}
+DEFAULT_OKS_SIGMA = 0.05
+
+
+class KeypointSpecError(ValueError):
+    """A keypoint definition file is invalid; the message names the file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KeypointSpec:
+    """One skeleton: names in channel order, flip pairs, limbs, OKS sigmas."""
+
+    names: tuple[str, ...]
+    flip_pairs: tuple[tuple[int, int], ...] = ()          # horizontal (left/right) pairs
+    vertical_flip_pairs: tuple[tuple[int, int], ...] = ()  # top/bottom pairs (`v`)
+    skeleton: tuple[tuple[int, int, str], ...] = ()        # (start, end, color r/g/b)
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.names)
+
+    @property
+    def flip_indices(self) -> tuple[int, ...]:
+        """Channel permutation for a horizontal flip (identity where no pair)."""
+        return _permutation(len(self.names), self.flip_pairs)
+
+    @property
+    def vertical_flip_indices(self) -> tuple[int, ...]:
+        return _permutation(len(self.names), self.vertical_flip_pairs)
+
+    @property
+    def has_vertical_pairs(self) -> bool:
+        return bool(self.vertical_flip_pairs)
+
+    @property
+    def oks_sigmas(self) -> tuple[float, ...]:
+        return tuple(COCO_OKS_SIGMAS.get(n, DEFAULT_OKS_SIGMA) for n in self.names)
+
+    def to_dict(self) -> dict:
+        """Plain data (names, not indices) for dataset_info.json and export metadata."""
+        n = self.names
+        return {
+            "keypoint_names": list(n),
+            "flip_pairs": [[n[a], n[b], "h"] for a, b in self.flip_pairs]
+            + [[n[a], n[b], "v"] for a, b in self.vertical_flip_pairs],
+            "skeleton": [[n[a], n[b], c] for a, b, c in self.skeleton],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> "KeypointSpec":
+        names = [canonical_name(x) for x in data["keypoint_names"]]
+        return _build(
+            names,
+            [(a, b, t, f"{source}:flip_pairs[{i}]") for i, (a, b, t) in enumerate(data.get("flip_pairs", []))],
+            [(a, b, c, f"{source}:skeleton[{i}]") for i, (a, b, c) in enumerate(data.get("skeleton", []))],
+            source,
+        )
+
+    def write(self, directory: str, prefix: str) -> dict[str, str]:
+        """Write classes / match-point / skeleton files; returns their paths."""
+        os.makedirs(directory, exist_ok=True)
+        n = self.names
+        files = {
+            "classes_path": (f"{prefix}_classes.txt", [x for x in n]),
+            "matchpoint_path": (
+                f"{prefix}_match_point.txt",
+                [f"{n[a]},{n[b]},h" for a, b in self.flip_pairs]
+                + [f"{n[a]},{n[b]},v" for a, b in self.vertical_flip_pairs],
+            ),
+            "skeleton_path": (f"{prefix}_skeleton.txt", [f"{n[a]},{n[b]},{c}" for a, b, c in self.skeleton]),
+        }
+        out = {}
+        for key, (name, lines) in files.items():
+            path = os.path.join(directory, name)
+            atomic_write_text(path, "".join(line + "\n" for line in lines))
+            out[key] = path
+        return out
+
+
+def canonical_name(name: str) -> str:
+    name = name.strip()
+    return NAME_ALIASES.get(name, name)
+
+
+def _permutation(k: int, pairs: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+    perm = list(range(k))
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return tuple(perm)
+
+
+def _read_lines(path: str) -> list[tuple[int, str]]:
+    if not os.path.isfile(path):
+        raise KeypointSpecError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        return [(i, line.strip()) for i, line in enumerate(f, 1)
+                if line.strip() and not line.strip().startswith("#")]
+
+
+def _split3(path: str, lineno: int, line: str, what: str) -> tuple[str, str, str]:
+    parts = [p.strip() for p in line.split(",")]
+    if len(parts) != 3:
+        raise KeypointSpecError(
+            f"{path}:{lineno}: expected '{what}' (3 comma-separated fields), got {line!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def _build(names, pair_rows, limb_rows, source) -> KeypointSpec:
+    if not names:
+        raise KeypointSpecError(f"{source}: no keypoint names")
+    index = {}
+    for i, name in enumerate(names):
+        if name in index:
+            raise KeypointSpecError(f"{source}: duplicate keypoint name {name!r}")
+        index[name] = i
+
+    def lookup(name, where):
+        name = canonical_name(name)
+        if name not in index:
+            raise KeypointSpecError(
+                f"{where}: unknown keypoint {name!r}; known: {', '.join(names)}")
+        return index[name]
+
+    h_pairs, v_pairs, seen = [], [], set()
+    for a, b, kind, where in pair_rows:
+        ia, ib = lookup(a, where), lookup(b, where)
+        if kind not in ("h", "v"):
+            raise KeypointSpecError(f"{where}: flip type must be 'h' or 'v', got {kind!r}")
+        if ia == ib:
+            raise KeypointSpecError(f"{where}: a keypoint cannot be its own flip partner")
+        for i in (ia, ib):
+            if (kind, i) in seen:
+                raise KeypointSpecError(f"{where}: {names[i]!r} is in two {kind} flip pairs")
+            seen.add((kind, i))
+        (h_pairs if kind == "h" else v_pairs).append((ia, ib))
+
+    limbs, seen_limbs = [], set()
+    for a, b, color, where in limb_rows:
+        ia, ib = lookup(a, where), lookup(b, where)
+        if color not in COLOR_RGB:
+            raise KeypointSpecError(f"{where}: color must be r, g or b, got {color!r}")
+        if frozenset((ia, ib)) in seen_limbs:
+            raise KeypointSpecError(f"{where}: duplicate limb {names[ia]}-{names[ib]}")
+        seen_limbs.add(frozenset((ia, ib)))
+        limbs.append((ia, ib, color))
+    return KeypointSpec(tuple(names), tuple(h_pairs), tuple(v_pairs), tuple(limbs))
+
+
+def load_keypoint_spec(classes_path: str, matchpoint_path: Optional[str] = None,
+                       skeleton_path: Optional[str] = None) -> KeypointSpec:
+    """Load and validate the three files (match points and skeleton optional)."""
+    names = [canonical_name(line) for _, line in _read_lines(classes_path)]
+    for _, line in _read_lines(classes_path):
+        if "," in line:
+            raise KeypointSpecError(f"{classes_path}: keypoint names cannot contain ',': {line!r}")
+    pair_rows = []
+    if matchpoint_path:
+        for lineno, line in _read_lines(matchpoint_path):
+            a, b, kind = _split3(matchpoint_path, lineno, line, "nameA,nameB,h|v")
+            pair_rows.append((a, b, kind, f"{matchpoint_path}:{lineno}"))
+    limb_rows = []
+    if skeleton_path:
+        for lineno, line in _read_lines(skeleton_path):
+            a, b, color = _split3(skeleton_path, lineno, line, "start,end,r|g|b")
+            limb_rows.append((a, b, color, f"{skeleton_path}:{lineno}"))
+    return _build(names, pair_rows, limb_rows, classes_path)
+
+
+def builtin_paths(dataset: str) -> dict[str, str]:
+    """Paths of the shipped definition files for 'coco' or 'mpii'."""
+    if dataset not in ("coco", "mpii"):
+        raise KeypointSpecError(f"no built-in keypoint definition for {dataset!r}; use coco or mpii")
+    return {
+        "classes_path": os.path.join(CONFIG_DIR, f"{dataset}_classes.txt"),
+        "matchpoint_path": os.path.join(CONFIG_DIR, f"{dataset}_match_point.txt"),
+        "skeleton_path": os.path.join(CONFIG_DIR, f"{dataset}_skeleton.txt"),
+    }
+
+
+def builtin_spec(dataset: str) -> KeypointSpec:
+    return load_keypoint_spec(**builtin_paths(dataset))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write a text file so that readers see the old or the new content, never a part."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
