@@ -1,0 +1,11 @@
+"""Stacked hourglass models and their heatmap loss.
+
+`build_hourglass(num_keypoints, num_stacks, num_channels, mobile, input_size)` -> Functional
+`keras.Model` (RGB 0-255 in, list of per-stack float32 heatmaps out);
+`hourglass_config(model)` reads those arguments back from any built or loaded model;
+`heatmap_loss` / `heatmap_loss_per_example` in `model.loss`.
+"""
+from model.hourglass import (  # noqa: F401
+    HOURGLASS_POOLINGS, OUTPUT_STRIDE, SIZE_MULTIPLE, HourglassConfig, build_hourglass,
+    count_trainable_parameters, hourglass_config)
+from model.loss import heatmap_loss, heatmap_loss_per_example  # noqa: F401

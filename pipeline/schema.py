@@ -149,4 +149,4 @@ def encode_example(record: PersonRecord, image_bytes: bytes, image_format: str,
         VERSION: _ints([SCHEMA_VERSION]),
     }
     example = example_pb2.Example(features=feature_pb2.Features(feature=feats))
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)  # sorted map keys: same bytes in every process

@@ -1,0 +1,123 @@
+"""Input pipeline throughput: the full train pipeline against a read+decode floor.
+
+(a) floor: read TFRecords + parse the Example + decode the JPEG + a plain crop-resize of the
+    padded person box to the input size (``tf.image.crop_and_resize``);
+(b) full: the train pipeline (``pipeline.parser.Parser.parse_train``: one affine warp,
+    rotation/scale/flip/translation, colour jitter, 17 Gaussian heatmaps at 256x256 input).
+Both run through the same ``InputReader`` (interleave, shuffle, parallel map, batch,
+prefetch, AUTOTUNE) on the same records, alternating rounds; the best round of each counts.
+
+    python -m benchmarks.input_pipeline [--tfrecords 'dir/train-*.tfrecord']
+
+Without --tfrecords it writes the coco_val_mini persons to a temporary folder first.
+Prints examples/s of each and, last, ``ratio: b/a``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a script: python benchmarks/input_pipeline.py
+    sys.path.insert(0, REPO)
+COCO_MINI = os.path.join(REPO, "..", "shared", "data", "coco_val_mini")
+
+
+def write_coco_mini_records(directory: str, num_shards: int = 4) -> str:
+    """Write the coco_val_mini persons as ``num_shards`` TFRecord files; returns a glob."""
+    import tensorflow as tf
+
+    from benchmarks.oracle_ap import coco_person_records, serialize_records
+
+    ann = os.path.join(COCO_MINI, "annotations", "person_keypoints_val2017_mini.json")
+    if not os.path.isfile(ann):
+        raise FileNotFoundError(f"{ann} not found; pass --tfrecords PATTERN instead")
+    records, names, _ = coco_person_records(ann, os.path.join(COCO_MINI, "images"))
+    examples = serialize_records(records, names)
+    for shard in range(num_shards):
+        path = os.path.join(directory, f"bench-{shard:05d}-of-{num_shards:05d}.tfrecord")
+        with tf.io.TFRecordWriter(path + ".tmp") as w:
+            for ex in examples[shard::num_shards]:
+                w.write(ex)
+        os.replace(path + ".tmp", path)
+    return os.path.join(directory, "bench-*.tfrecord")
+
+
+def floor_parse_fn(config):
+    """decoded -> (uint8 crop of the padded box, resized to the input size, bilinear)."""
+    import tensorflow as tf
+
+    from pipeline import coords
+
+    in_h, in_w = config.input_size
+
+    def parse(decoded, seed):
+        del seed
+        cw, ch = coords.crop_size(1.0, config.padding, in_w / in_h)
+        side = decoded["scale"] * coords.PIXELS_PER_SCALE
+        half = tf.stack([ch, cw]) * side / (2.0 * coords.PIXELS_PER_SCALE)
+        centre = tf.stack([decoded["center"][1], decoded["center"][0]])
+        size = tf.cast(tf.stack([decoded["height"], decoded["width"]]), tf.float32)
+        box = tf.concat([(centre - half) / size, (centre + half) / size], 0)
+        image = tf.cast(decoded["image"], tf.float32)[tf.newaxis]
+        crop = tf.image.crop_and_resize(image, box[tf.newaxis], [0], (in_h, in_w))[0]
+        crop = tf.cast(tf.clip_by_value(tf.round(crop), 0.0, 255.0), tf.uint8)
+        return crop, {"keypoints": decoded["keypoints"]}
+
+    return parse
+
+
+def measure(dataset, batches: int, warmup: int = 3) -> float:
+    """Examples per second over ``batches`` batches after ``warmup``."""
+    it = iter(dataset)
+    for _ in range(warmup):
+        next(it)
+    n, start = 0, time.perf_counter()
+    for _ in range(batches):
+        image, _ = next(it)
+        n += int(image.shape[0])
+    return n / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tfrecords", help="TFRecord glob; default: coco_val_mini written to a temp dir")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batches", type=int, default=40, help="timed batches per round")
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+
+    import tensorflow as tf
+
+    from configs.keypoints import builtin_spec
+    from pipeline import decoder
+    from pipeline.input_reader import InputConfig, InputReader
+    from pipeline.parser import Parser, ParserConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pattern = args.tfrecords or write_coco_mini_records(tmp)
+        config = ParserConfig()
+        parser = Parser(config, builtin_spec("coco"))
+        reader_config = InputConfig(pattern, args.batch_size, is_training=True)
+        pipelines = {
+            "floor": InputReader(reader_config, decoder.decode, floor_parse_fn(config)).read(),
+            "full": InputReader(reader_config, decoder.decode, parser.parse_train).read(),
+        }
+        rates = {name: [] for name in pipelines}
+        for r in range(args.rounds):
+            for name, ds in pipelines.items():
+                rates[name].append(measure(ds, args.batches))
+                print(f"round {r}: {name} {rates[name][-1]:.1f} examples/s", flush=True)
+    best = {name: max(v) for name, v in rates.items()}
+    print(f"cpu_cores: {os.cpu_count()}  batch: {args.batch_size}  tf: {tf.__version__}")
+    print(f"floor (read+parse+jpeg decode+crop_and_resize): {best['floor']:.1f} examples/s")
+    print(f"full (train: warp+augment+17 heatmaps, 256x256): {best['full']:.1f} examples/s")
+    print(f"ratio: {best['full'] / best['floor']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""What run.py's three modes do, from parsed flags. Flags are checked here, before any work."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from configs import KeypointSpec, KeypointSpecError, load_keypoint_spec
+
+
+class UsageError(ValueError):
+    """A bad flag or flag combination; run.py prints it and exits 2."""
+
+
+def resolve_spec(args, info: Optional[dict]) -> KeypointSpec:
+    """The keypoint definition: the files given on the command line, else the records' own.
+    Files that disagree with the records are refused."""
+    try:
+        if args.classes_path:
+            spec = load_keypoint_spec(args.classes_path, args.matchpoint_path, args.skeleton_path)
+        elif info is not None:
+            spec = KeypointSpec.from_dict(info, "dataset_info.json")
+            if args.matchpoint_path or args.skeleton_path:
+                files = load_keypoint_spec_from_names(spec, args)
+                spec = files
+        else:
+            raise UsageError("no keypoint definition: pass --classes_path (and --matchpoint_path, "
+                             "--skeleton_path)")
+    except KeypointSpecError as e:
+        raise UsageError(str(e)) from e
+    if info is not None and list(info["keypoint_names"]) != list(spec.names):
+        raise UsageError(
+            f"--classes_path names {spec.num_keypoints} keypoints ({', '.join(spec.names)}) but the "
+            f"records were written with {len(info['keypoint_names'])} "
+            f"({', '.join(info['keypoint_names'])}); use the classes file the records were made with")
+    return spec
+
+
+def load_keypoint_spec_from_names(spec: KeypointSpec, args) -> KeypointSpec:
+    """Records' names with match points / skeleton from files (classes file not given)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "classes.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("".join(n + "\n" for n in spec.names))
+        files = load_keypoint_spec(path, args.matchpoint_path, args.skeleton_path)
+    return KeypointSpec(spec.names, files.flip_pairs or spec.flip_pairs,
+                        files.vertical_flip_pairs or spec.vertical_flip_pairs,
+                        files.skeleton or spec.skeleton)
+
+
+def _dataset_info(tfrecords: str) -> dict:
+    from model.trainer import read_dataset_info
+    try:
+        return read_dataset_info(tfrecords)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
+
+
+def _records_from_dataset_path(args) -> str:
+    """Convert the original project's dataset folder once; reuse the cached records after."""
+    root = args.dataset_path
+    annotations = os.path.join(root, "annotations.json")
+    images = os.path.join(root, "images")
+    if not os.path.isfile(annotations) or not os.path.isdir(images):
+        raise UsageError(f"--dataset_path {root} must hold annotations.json and images/")
+    if not args.classes_path:
+        raise UsageError("--dataset_path needs --classes_path (the keypoint names of annotations.json)")
+    cache = os.path.join(root, "tfrecords")
+    if os.path.isfile(os.path.join(cache, "dataset_info.json")):
+        return cache
+    from pipeline.convert import convert_dataset
+    spec = load_keypoint_spec(args.classes_path, args.matchpoint_path, args.skeleton_path)
+    print(f"converting {annotations} to TFRecords in {cache} (once)", flush=True)
+    convert_dataset("custom", annotations, images, cache, spec=spec)
+    return cache
+
+
+def parser_config(args, input_size, crop_mode: str, augment: bool):
+    from pipeline.parser import ParserConfig
+    cfg = ParserConfig(input_size=tuple(input_size), crop_mode=crop_mode,
+                       **({"sigma": args.sigma} if getattr(args, "sigma", None) else {}))
+    if not augment:
+        cfg = dataclasses.replace(cfg, rotation_prob=0.0, flip_prob=0.0, scale_range=(1.0, 1.0),
+                                  translate_frac=0.0, color_jitter=0.0)
+    return cfg
+
+
+def train(args) -> dict:
+    from model.distribute import make_strategy
+    from model.trainer import TrainConfig, Trainer, write_run_config
+
+    if bool(args.tfrecords) == bool(args.dataset_path):
+        raise UsageError("give exactly one of --tfrecords DIR or --dataset_path DIR")
+    h, w = args.model_image_size
+    if h % 32 or w % 32:
+        raise UsageError(f"--model_image_size {h}x{w}: height and width must be multiples of 32")
+    tfrecords = args.tfrecords or _records_from_dataset_path(args)
+    info = _dataset_info(tfrecords)
+    spec = resolve_spec(args, info)
+    cfg = TrainConfig(
+        tfrecords=tfrecords, log_dir=args.log_dir, num_stacks=args.num_stacks,
+        num_channels=128 if args.tiny else 256, mobile=args.mobile, input_size=(h, w),
+        batch_size=args.batch_size, optimizer=args.optimizer, learning_rate=args.learning_rate,
+        decay_type=args.decay_type, warmup_epochs=args.warmup_epochs, init_epoch=args.init_epoch,
+        total_epoch=args.total_epoch, seed=args.seed, steps_per_loop=args.steps_per_loop,
+        steps_per_epoch=args.steps_per_epoch, checkpoint_steps=args.checkpoint_steps,
+        mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
+        weights_path=args.weights_path, profile_steps=args.profile_steps, verbose=not args.quiet,
+        parser=parser_config(args, (h, w), args.crop_mode, augment=not args.no_augment))
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if args.weights_path and not os.path.exists(args.weights_path):
+        raise UsageError(f"--weights_path {args.weights_path}: no such file")
+    strategy = make_strategy(tpu=args.tpu, gpu_num=args.gpu_num)
+    trainer = Trainer(cfg, strategy, spec)
+    if trainer.chief:
+        write_run_config(cfg.log_dir, cfg, spec)
+    return trainer.train()
+
+
+def evaluate(args) -> dict:
+    from model.evaluation import evaluate_model
+    from model.runner import load_runner
+
+    info = _dataset_info(args.tfrecords)
+    spec = resolve_spec(args, info)
+    try:
+        runner = load_runner(args.model_path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    if runner.num_keypoints != spec.num_keypoints:
+        raise UsageError(f"{args.model_path} predicts {runner.num_keypoints} keypoints, the records "
+                         f"have {spec.num_keypoints}")
+    annotations = args.annotations
+    source = info.get("source", {})
+    if annotations is None and source.get("format") == "coco":
+        annotations = source.get("annotations")
+    crop_mode = args.crop_mode or info.get("crop_mode", "box")
+    metrics = evaluate_model(
+        runner, args.tfrecords, args.split, spec, crop_mode=crop_mode, batch_size=args.batch_size,
+        flip_test=args.flip_test, refine=args.refine, result_json=args.result_json,
+        annotations=annotations, save_result=args.save_result)
+    if args.metrics_json:
+        from configs import atomic_write_json
+        atomic_write_json(args.metrics_json, metrics)
+    return metrics
+
+
+def predict(args) -> dict:
+    from model.predict import run_demo
+    from model.runner import load_runner
+
+    try:
+        runner = load_runner(args.model_path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    spec = _spec_for_model(args, runner)
+    return run_demo(runner, spec, args.input, args.output, bbox=args.bbox, refine=args.refine,
+                    flip_test=args.flip_test, conf_threshold=args.conf_threshold,
+                    max_frames=args.max_frames)
+
+
+def _spec_for_model(args, runner) -> KeypointSpec:
+    """Keypoint files from flags, else the metadata saved beside/with the model."""
+    if args.classes_path:
+        spec = resolve_spec(args, None)
+    elif runner.metadata.get("keypoint_names"):
+        spec = KeypointSpec.from_dict(runner.metadata, f"{args.model_path} metadata")
+    else:
+        raise UsageError(f"{args.model_path} carries no keypoint names: pass --classes_path "
+                         f"(and --skeleton_path to draw limbs)")
+    if spec.num_keypoints != runner.num_keypoints:
+        raise UsageError(f"{args.model_path} predicts {runner.num_keypoints} keypoints but the "
+                         f"classes file names {spec.num_keypoints}")
+    return spec
+
+
+def describe(result: dict) -> str:
+    return json.dumps(result, indent=2)

@@ -1,0 +1,532 @@
+"""One custom training loop on tf.distribute for every strategy (orbit-style).
+
+The train step runs `steps_per_loop` steps per `tf.function` call (a `tf.range` loop over
+`strategy.run`), the loss is summed per example and divided by the global batch, gradients
+come from an optionally XLA-compiled function, and float16 runs use a loss-scale optimizer.
+One `Trainer` owns checkpoints (resume after SIGKILL), summaries, validation PCK, the best
+models by PCK and `final.keras`. `model.fit` is not used: it fails under
+MultiWorkerMirroredStrategy with Keras 3 (see ../shared/reference/stack-facts.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from configs import KeypointSpec, atomic_write_text
+from model import build_hourglass
+from model.distribute import is_chief, is_multi_worker, writable_dir
+from model.loss import heatmap_loss_per_example
+from model.metrics import pck_counts, pck_threshold_px, ratio
+from model.runner import model_metadata, write_metadata
+from pipeline.codec import HeatmapCodec
+from pipeline.parser import Parser, ParserConfig
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs, as plain data (validated in `validate`)."""
+
+    tfrecords: str
+    log_dir: str = "logs/000"
+    num_stacks: int = 2
+    num_channels: int = 256
+    mobile: bool = False
+    input_size: tuple[int, int] = (256, 256)
+    batch_size: int = 16
+    optimizer: str = "rmsprop"
+    learning_rate: float = 5e-4
+    decay_type: Optional[str] = None          # None | cosine | exponential | piecewise
+    warmup_epochs: float = 0.0
+    init_epoch: int = 0
+    total_epoch: int = 100
+    seed: Optional[int] = None
+    steps_per_loop: int = 50
+    steps_per_epoch: Optional[int] = None     # default: train records // batch
+    checkpoint_steps: int = 200
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    weights_path: Optional[str] = None
+    keep_best: int = 3
+    num_summary_images: int = 4
+    profile_steps: Optional[tuple[int, int]] = None
+    verbose: bool = True
+    parser: ParserConfig = ParserConfig()
+
+    def validate(self) -> None:
+        if self.optimizer not in ("adam", "rmsprop", "sgd"):
+            raise ValueError(f"--optimizer must be adam, rmsprop or sgd, not {self.optimizer!r}")
+        if self.decay_type not in (None, "cosine", "exponential", "piecewise", "polynomial"):
+            raise ValueError(f"--decay_type must be cosine, exponential, piecewise or polynomial, "
+                             f"not {self.decay_type!r}")
+        if self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("--batch_size must be >= 1 and --learning_rate > 0")
+        if not 0 <= self.init_epoch < self.total_epoch:
+            raise ValueError(f"--init_epoch ({self.init_epoch}) must be >= 0 and below "
+                             f"--total_epoch ({self.total_epoch})")
+        if self.steps_per_loop < 1 or self.checkpoint_steps < 1:
+            raise ValueError("--steps_per_loop and --checkpoint_steps must be >= 1")
+
+
+def read_dataset_info(tfrecords: str) -> dict:
+    """dataset_info.json of a folder written by convert_to_tfrecord.py, checked."""
+    path = os.path.join(tfrecords, "dataset_info.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: --tfrecords must be a folder written by convert_to_tfrecord.py")
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    for key in ("keypoint_names", "counts"):
+        if key not in info:
+            raise ValueError(f"{path}: missing {key!r}; re-run convert_to_tfrecord.py")
+    return info
+
+
+def split_pattern(tfrecords: str, split: str) -> str:
+    pattern = os.path.join(tfrecords, f"{split}-*-of-*.tfrecord")
+    if not glob.glob(pattern):
+        raise FileNotFoundError(f"no {split} shards in {tfrecords} (looked for {pattern})")
+    return pattern
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    total = max(1, (cfg.total_epoch - cfg.init_epoch) * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    lr = cfg.learning_rate
+    if cfg.decay_type == "cosine":
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else lr, max(1, total - warmup), alpha=0.01,
+            warmup_target=lr if warmup else None, warmup_steps=warmup)
+    elif cfg.decay_type == "exponential":
+        schedule = _Warmup(keras.optimizers.schedules.ExponentialDecay(
+            lr, decay_steps=max(1, total // 10), decay_rate=0.8), lr, warmup)
+    elif cfg.decay_type == "piecewise":   # the classic recipe: ×0.1 at 60% and 90%
+        schedule = _Warmup(keras.optimizers.schedules.PiecewiseConstantDecay(
+            [int(total * 0.6), int(total * 0.9)], [lr, lr * 0.1, lr * 0.01]), lr, warmup)
+    elif cfg.decay_type == "polynomial":
+        schedule = _Warmup(keras.optimizers.schedules.PolynomialDecay(
+            lr, total, end_learning_rate=lr / 100, power=1.0), lr, warmup)
+    else:
+        schedule = _Warmup(None, lr, warmup) if warmup else lr
+    if cfg.optimizer == "adam":
+        opt = keras.optimizers.Adam(schedule)
+    elif cfg.optimizer == "rmsprop":
+        opt = keras.optimizers.RMSprop(schedule)
+    else:
+        opt = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
+    if cfg.mixed_precision:
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+@keras.saving.register_keras_serializable(package="hourglass")
+class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak` over `warmup_steps`, then `after` (or a constant)."""
+
+    def __init__(self, after, peak, warmup_steps):
+        self.after, self.peak, self.warmup_steps = after, float(peak), int(warmup_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        later = self.after(step - self.warmup_steps) if self.after is not None else self.peak
+        if self.warmup_steps <= 0:
+            return later
+        warm = self.peak * (step + 1.0) / float(self.warmup_steps)
+        return tf.where(step < self.warmup_steps, warm, later)
+
+    def get_config(self):
+        return {"after": keras.saving.serialize_keras_object(self.after), "peak": self.peak,
+                "warmup_steps": self.warmup_steps}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["after"] = keras.saving.deserialize_keras_object(config["after"])
+        return cls(**config)
+
+
+def current_learning_rate(optimizer) -> float:
+    lr = optimizer.learning_rate
+    return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+
+
+def load_matching_weights(model: keras.Model, path: str) -> list[str]:
+    """Copy weights layer by layer (by name) from a saved model; returns the layers skipped
+    because their shapes differ (e.g. heads for another number of keypoints)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--weights_path {path}: no such file")
+    if path.endswith(".weights.h5"):
+        model.load_weights(path)
+        return []
+    source = keras.models.load_model(path, compile=False, safe_mode=True)
+    by_name = {layer.name: layer for layer in source.layers}
+    skipped = []
+    for layer in model.layers:
+        src = by_name.get(layer.name)
+        if src is None or not layer.weights:
+            continue
+        new, old = layer.get_weights(), src.get_weights()
+        if len(new) == len(old) and all(a.shape == b.shape for a, b in zip(new, old)):
+            layer.set_weights(old)
+        else:
+            skipped.append(layer.name)
+    return skipped
+
+
+class Trainer:
+    """Builds model, optimizer, datasets and state under a strategy, then trains."""
+
+    def __init__(self, cfg: TrainConfig, strategy: tf.distribute.Strategy, spec: KeypointSpec):
+        cfg.validate()
+        self.cfg, self.strategy, self.spec = cfg, strategy, spec
+        self.chief = is_chief(strategy)
+        info = read_dataset_info(cfg.tfrecords)
+        if list(info["keypoint_names"]) != list(spec.names):
+            raise ValueError(
+                f"the keypoint definition ({spec.num_keypoints} names) disagrees with "
+                f"{cfg.tfrecords}/dataset_info.json ({len(info['keypoint_names'])} names: "
+                f"{', '.join(info['keypoint_names'])}); pass the classes file the records were "
+                f"made with, or none to use the records' own")
+        self.num_train = int(info["counts"].get("train", 0))
+        self.num_val = int(info["counts"].get("val", 0))
+        if self.num_train < 1:
+            raise ValueError(f"{cfg.tfrecords} has no train records")
+        self.steps_per_epoch = cfg.steps_per_epoch or max(1, self.num_train // cfg.batch_size)
+        self.train_pattern = split_pattern(cfg.tfrecords, "train")
+        self.val_pattern = split_pattern(cfg.tfrecords, "val") if self.num_val else None
+
+        self.parser = Parser(cfg.parser, spec)
+        self.codec = HeatmapCodec(cfg.parser.input_size, cfg.parser.stride, cfg.parser.sigma)
+        self.pck_threshold = pck_threshold_px(cfg.parser.input_size, cfg.parser.stride)
+        self.metadata = model_metadata(spec, cfg.input_size, cfg.parser.stride, cfg.parser.crop_mode,
+                                       cfg.parser.padding, sigma=cfg.parser.sigma)
+
+        if cfg.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        with strategy.scope():
+            self.model = build_hourglass(
+                num_keypoints=spec.num_keypoints, num_stacks=cfg.num_stacks,
+                num_channels=cfg.num_channels, mobile=cfg.mobile, input_size=cfg.input_size)
+            self.optimizer = make_optimizer(cfg, self.steps_per_epoch)
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            self.best_pck = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_pck")
+        self.skipped_layers = []
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step, best_pck=self.best_pck)
+        self.ckpt_dir = os.path.join(cfg.log_dir, "checkpoints")
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, writable_dir(self.ckpt_dir, strategy), max_to_keep=2)
+        self.resumed_from = None
+        latest = tf.train.latest_checkpoint(self.ckpt_dir)
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            self.resumed_from = latest
+        elif cfg.weights_path:
+            self.skipped_layers = load_matching_weights(self.model, cfg.weights_path)
+        self.preemption = self._preemption_handler()
+
+        out = cfg.log_dir if self.chief else writable_dir(cfg.log_dir, strategy)
+        self.out_dir = out
+        if self.chief:
+            self.train_writer = tf.summary.create_file_writer(os.path.join(out, "train"))
+            self.val_writer = tf.summary.create_file_writer(os.path.join(out, "validation"))
+        else:
+            self.train_writer = self.val_writer = tf.summary.create_noop_writer()
+        self._build_functions()
+
+    # ---------------------------------------------------------------- data
+    def _dataset_fn(self, pattern: str, training: bool):
+        from pipeline.input_reader import InputReader
+        reader = InputReader(
+            file_pattern=pattern, parser=self.parser, is_training=training,
+            global_batch_size=self.cfg.batch_size, seed=self.cfg.seed,
+            shard_by_input_pipeline=training)
+        return reader
+
+    def _distributed(self, pattern: str, training: bool):
+        reader = self._dataset_fn(pattern, training)
+        return self.strategy.distribute_datasets_from_function(reader)
+
+    # ---------------------------------------------------------------- steps
+    def _build_functions(self):
+        model, optimizer, strategy = self.model, self.optimizer, self.strategy
+        global_batch = float(self.cfg.batch_size)
+        mixed = self.cfg.mixed_precision
+
+        def compute(images, labels):
+            with tf.GradientTape() as tape:
+                predictions = model(images, training=True)
+                per_example, per_stack = heatmap_loss_per_example(
+                    labels["heatmaps"], labels["weights"], predictions)
+                loss = tf.reduce_sum(per_example) / global_batch
+                scaled = optimizer.scale_loss(loss) if mixed else loss
+            grads = tape.gradient(scaled, model.trainable_variables)
+            stack_losses = tf.stack([tf.reduce_sum(s) / global_batch for s in per_stack])
+            return loss, stack_losses, grads
+
+        compute = tf.function(compute, jit_compile=self.cfg.jit_compile)
+
+        def replica_step(batch):
+            images, labels = batch
+            loss, stack_losses, grads = compute(images, labels)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss, stack_losses
+
+        num_stacks = self.cfg.num_stacks
+
+        @tf.function
+        def train_loop(iterator, num_steps):
+            total = tf.constant(0.0)
+            stacks = tf.zeros([num_stacks])
+            for _ in tf.range(num_steps):
+                loss, stack_losses = strategy.run(replica_step, args=(next(iterator),))
+                total += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+                stacks += strategy.reduce(tf.distribute.ReduceOp.SUM, stack_losses, axis=None)
+                self.step.assign_add(1)
+            n = tf.cast(num_steps, tf.float32)
+            return total / n, stacks / n
+
+        codec, threshold = self.codec, self.pck_threshold
+
+        def replica_eval(batch):
+            images, labels = batch
+            predictions = model(images, training=False)
+            per_example, _ = heatmap_loss_per_example(
+                labels["heatmaps"], labels["weights"], predictions)
+            coords, _ = codec.decode(predictions[-1])
+            correct, total = pck_counts(coords, labels["keypoints"], labels["weights"], threshold)
+            count = tf.cast(tf.shape(images)[0], tf.float32)
+            return correct, total, tf.reduce_sum(per_example), count
+
+        @tf.function
+        def eval_step(batch):
+            return strategy.run(replica_eval, args=(batch,))
+
+        self._train_loop, self._eval_step = train_loop, eval_step
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self) -> Optional[dict]:
+        """Validation loss and PCK (overall, per keypoint) over every val record."""
+        if self.val_pattern is None:
+            return None
+        k = self.spec.num_keypoints
+        correct, total = np.zeros(k), np.zeros(k)
+        loss_sum = count = 0.0
+        for batch in self._distributed(self.val_pattern, training=False):
+            out = self._eval_step(batch)
+            for c, t, ls, n in zip(*(self.strategy.experimental_local_results(o) for o in out)):
+                correct += c.numpy()
+                total += t.numpy()
+                loss_sum += float(ls.numpy())
+                count += float(n.numpy())
+        pck, per = ratio(correct, total)
+        return {"pck": pck, "per_keypoint": per, "loss": loss_sum / max(count, 1.0),
+                "examples": int(count)}
+
+    # ---------------------------------------------------------------- checkpoints
+    def _preemption_handler(self):
+        if not is_multi_worker(self.strategy) and not isinstance(self.strategy, tf.distribute.TPUStrategy):
+            return None
+        return tf.distribute.experimental.PreemptionCheckpointHandler(
+            self.strategy.cluster_resolver, self.manager)
+
+    def _save_checkpoint(self):
+        self.manager.save(checkpoint_number=int(self.step.numpy()))
+
+    def _save_best(self, epoch: int, loss: float, pck: float) -> Optional[str]:
+        if not pck > float(self.best_pck.numpy()):
+            return None
+        self.best_pck.assign(pck)
+        name = f"ep{epoch:03d}-loss{loss:.4f}-val_pck{pck:.4f}.keras"
+        path = os.path.join(self.out_dir, name)
+        save_model_atomic(self.model, path, self.metadata)
+        if self.chief:
+            best = sorted(glob.glob(os.path.join(self.out_dir, "ep*-val_pck*.keras")),
+                          key=_pck_of_file, reverse=True)
+            for old in best[self.cfg.keep_best:]:
+                os.remove(old)
+        return path
+
+    # ---------------------------------------------------------------- summaries
+    def _write_train_summaries(self, loss, stack_losses, examples_per_s):
+        step = int(self.step.numpy())
+        with self.train_writer.as_default(step=step):
+            tf.summary.scalar("loss/total", loss)
+            for i, s in enumerate(stack_losses):
+                tf.summary.scalar(f"loss/stack_{i + 1}", s)
+            tf.summary.scalar("learning_rate", current_learning_rate(self.optimizer))
+            tf.summary.scalar("examples_per_second", examples_per_s)
+
+    def _write_val_summaries(self, result: dict):
+        step = int(self.step.numpy())
+        with self.val_writer.as_default(step=step):
+            tf.summary.scalar("pck", result["pck"])
+            tf.summary.scalar("loss/total", result["loss"])
+            for name, v in zip(self.spec.names, result["per_keypoint"]):
+                if not math.isnan(v):
+                    tf.summary.scalar(f"pck_per_keypoint/{name}", v)
+            if self.cfg.num_summary_images and self.chief:
+                self._write_image_summaries()
+
+    def _write_image_summaries(self):
+        from model.draw import draw_skeleton, heatmap_overlay
+        from pipeline.input_reader import InputReader
+        reader = InputReader(file_pattern=self.val_pattern, parser=self.parser, is_training=False,
+                             global_batch_size=self.cfg.num_summary_images, seed=self.cfg.seed)
+        images, labels = next(iter(reader(None)))
+        predictions = self.model(images, training=False)
+        coords, conf = self.codec.decode(predictions[-1])
+        drawn, maps = [], []
+        for i in range(images.shape[0]):
+            img = images[i].numpy()
+            gt = draw_skeleton(img, labels["keypoints"][i].numpy(),
+                               labels["weights"][i].numpy() > 0, self.spec, color=(0, 255, 0))
+            drawn.append(draw_skeleton(gt, coords[i].numpy(), np.ones(self.spec.num_keypoints, bool),
+                                       self.spec))
+            maps.append(heatmap_overlay(img, predictions[-1][i].numpy()))
+        tf.summary.image("validation/skeletons_gt_green_pred_limb_colours", np.stack(drawn),
+                         max_outputs=len(drawn))
+        tf.summary.image("validation/predicted_heatmaps", np.stack(maps), max_outputs=len(maps))
+
+    # ---------------------------------------------------------------- loop
+    def train(self) -> dict:
+        """Train to total_epoch; resumes from the latest checkpoint in the log dir."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+        total_steps = (cfg.total_epoch - cfg.init_epoch) * spe
+        start_step = int(self.step.numpy())
+        if self.chief and cfg.verbose:
+            where = f"resumed from {self.resumed_from} at step {start_step}" if self.resumed_from \
+                else "from scratch" if not cfg.weights_path else f"from {cfg.weights_path}"
+            print(f"training {self.model.name}: {self.strategy.num_replicas_in_sync} replica(s), "
+                  f"global batch {cfg.batch_size}, {spe} steps/epoch, epochs "
+                  f"{cfg.init_epoch + 1}..{cfg.total_epoch}, {where}", flush=True)
+            if self.skipped_layers:
+                print(f"--weights_path: {len(self.skipped_layers)} layer(s) with other shapes "
+                      f"left as initialized: {', '.join(self.skipped_layers)}", flush=True)
+        iterator = iter(self._distributed(self.train_pattern, training=True))
+        history = []
+        val_log = os.path.join(self.out_dir, "val.txt")
+        started = time.time()
+        last = None
+        while int(self.step.numpy()) < total_steps:
+            step = int(self.step.numpy())
+            epoch = cfg.init_epoch + step // spe + 1
+            bar = keras.utils.Progbar(spe, verbose=1 if (self.chief and cfg.verbose) else 0,
+                                      stateful_metrics=["loss", "examples/s"])
+            bar.update(step % spe)
+            while True:
+                step = int(self.step.numpy())
+                left_in_epoch = spe - step % spe
+                n = min(cfg.steps_per_loop, left_in_epoch,
+                        cfg.checkpoint_steps - step % cfg.checkpoint_steps)
+                self._maybe_profile(step, n)
+                t0 = time.time()
+                loss, stacks = self._train_loop(iterator, tf.constant(n))
+                loss = float(loss.numpy())
+                dt = time.time() - t0
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {loss} at step {step + n} (epoch {epoch}); lower "
+                        f"--learning_rate or check the records; the last good checkpoint is in "
+                        f"{self.ckpt_dir}")
+                rate = n * cfg.batch_size / max(dt, 1e-9)
+                self._write_train_summaries(loss, stacks.numpy(), rate)
+                step = int(self.step.numpy())
+                bar.update(spe if step % spe == 0 else step % spe,
+                           values=[("loss", loss), ("examples/s", rate)])
+                if self.preemption is not None:
+                    self.preemption.save_checkpoint_if_preempted()
+                if step % cfg.checkpoint_steps == 0 or step % spe == 0:
+                    self._save_checkpoint()
+                if step % spe == 0:
+                    break
+            last = {"epoch": epoch, "loss": loss}
+            result = self.evaluate()
+            if result is not None:
+                last.update(val_pck=result["pck"], val_loss=result["loss"])
+                self._write_val_summaries(result)
+                best = self._save_best(epoch, result["loss"], result["pck"])
+                if self.chief:
+                    _append_line(val_log, f"Epoch {epoch}:{result['pck']:.6f}")
+                    if cfg.verbose:
+                        print(f"epoch {epoch}: loss {loss:.5f} val_loss {result['loss']:.5f} "
+                              f"val_pck {result['pck']:.4f}"
+                              + (f" -> {os.path.basename(best)}" if best else ""), flush=True)
+                self._save_checkpoint()   # best_pck is part of the state
+            history.append(last)
+        final = os.path.join(self.out_dir, "final.keras")
+        save_model_atomic(self.model, final, self.metadata)
+        summary = {"final_model": final if self.chief else None, "steps": int(self.step.numpy()),
+                   "weights_digest": weights_digest(self.model),
+                   "epochs": cfg.total_epoch, "seconds": round(time.time() - started, 1),
+                   "best_val_pck": float(self.best_pck.numpy()), "last": last}
+        if self.chief and cfg.verbose:
+            print(f"done: {summary['steps']} steps in {summary['seconds']} s, best val PCK "
+                  f"{summary['best_val_pck']:.4f}, final model {final}", flush=True)
+        if cfg.verbose:
+            print(f"weights_digest: {summary['weights_digest']}", flush=True)
+        if not self.chief:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+        return summary
+
+    def _maybe_profile(self, step: int, n: int):
+        if not self.cfg.profile_steps or not self.chief:
+            return
+        start, stop = self.cfg.profile_steps
+        if step <= start < step + n or (step == start):
+            tf.profiler.experimental.start(os.path.join(self.out_dir, "profile"))
+        if step <= stop < step + n:
+            tf.profiler.experimental.stop()
+
+
+def save_model_atomic(model: keras.Model, path: str, metadata: Optional[dict] = None) -> None:
+    """model.save to a temporary name, then rename: no half-written .keras file. The
+    metadata json (keypoints, input size, crop) is written beside it first."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if metadata is not None:
+        write_metadata(path, metadata)
+    tmp = f"{path[:-len('.keras')]}.tmp-{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 over every weight's bytes: equal digests mean bit-identical models."""
+    import hashlib
+    digest = hashlib.sha256()
+    for w in model.weights:
+        digest.update(np.ascontiguousarray(w.numpy()).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _append_line(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def _pck_of_file(path: str) -> float:
+    m = re.search(r"val_pck([0-9.]+)\.keras$", path)
+    return float(m.group(1).rstrip(".")) if m else -1.0
+
+
+def write_run_config(log_dir: str, cfg: TrainConfig, spec: KeypointSpec) -> None:
+    """The run's settings beside its outputs (plain json)."""
+    os.makedirs(log_dir, exist_ok=True)
+    data = dataclasses.asdict(cfg)
+    data["keypoints"] = spec.to_dict()
+    atomic_write_text(os.path.join(log_dir, "run_config.json"), json.dumps(data, indent=2, default=str))

@@ -1,0 +1,211 @@
+"""One affine per example: 3x3 matrices mapping ORIGINAL-image pixels -> CROP pixels.
+
+Both frames use the convention of ``pipeline.coords`` (continuous coordinates, pixel centres
+at +0.5). A crop matrix is composed as
+
+    crop = T(W/2 + shift_x, H/2 + shift_y) · V · F · S · R · T(-center)
+
+- T(-center): the person centre goes to the origin.
+- R: rotation by ``rotation_deg``, positive = counter-clockwise as displayed (y points down).
+- S: zoom ``min(W, H) / side`` with ``side = 200 · scale · padding``, so the crop window is
+  the padded square widened to the model aspect W/H (``pipeline.coords.crop_size``).
+- F, V: optional horizontal (x -> -x) and vertical (y -> -y) mirror about the crop centre,
+  i.e. x_crop -> W - x_crop (no half-pixel shift in our convention).
+- shift: translation in crop pixels.
+
+``ImageProjectiveTransformV3`` samples at integer pixel indices (index i = our coordinate
+i + 0.5), so ``warp_image`` conjugates the inverse matrix with a half-pixel shift.
+All TF functions accept a leading batch dimension on the matrix ([..., 3, 3]); the ``*_np``
+twins are for post-processing outside TF.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline import coords
+
+CROP_MODES = ("box", "frame")
+
+
+def frame_center_scale(image_size, padding: float, input_size: Sequence[int]):
+    """Centre and scale whose crop window (``coords.crop_size``) is the whole image
+    letterboxed to the model aspect ratio: centre = image centre, window height =
+    max(w / aspect, h). ``image_size`` is (h, w) (tensor or numbers). TF tensors out."""
+    in_h, in_w = int(input_size[0]), int(input_size[1])
+    aspect = in_w / in_h
+    hw = tf.cast(tf.convert_to_tensor(image_size), tf.float32)
+    h, w = hw[0], hw[1]
+    win_h = tf.maximum(w / aspect, h)
+    win_w = win_h * aspect
+    center = tf.stack([w / 2.0, h / 2.0])
+    scale = tf.minimum(win_w, win_h) / (coords.PIXELS_PER_SCALE * padding)
+    return center, scale
+
+
+def frame_center_scale_np(image_size, padding: float, input_size: Sequence[int]):
+    """NumPy twin of ``frame_center_scale``."""
+    h, w = float(image_size[0]), float(image_size[1])
+    aspect = input_size[1] / input_size[0]
+    win_h = max(w / aspect, h)
+    win_w = win_h * aspect
+    return np.array([w / 2.0, h / 2.0]), min(win_w, win_h) / (coords.PIXELS_PER_SCALE * padding)
+
+
+def _check_mode(crop_mode: str, image_size) -> None:
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {crop_mode!r}")
+    if crop_mode == "frame" and image_size is None:
+        raise ValueError("crop_mode 'frame' needs image_size=(h, w) of the original image")
+
+
+def crop_matrix(center, scale, padding: float, input_size: Sequence[int], rotation_deg=0.0,
+                flip=False, shift=(0.0, 0.0), vertical_flip=False, crop_mode: str = "box",
+                image_size=None) -> tf.Tensor:
+    """float32 [3, 3] matrix: original px -> crop px (see the module docstring).
+
+    ``crop_mode="frame"`` ignores ``center``/``scale`` and crops the whole image of
+    ``image_size`` (h, w) letterboxed. ``flip``/``vertical_flip`` may be bool tensors.
+    """
+    _check_mode(crop_mode, image_size)
+    if crop_mode == "frame":
+        center, scale = frame_center_scale(image_size, padding, input_size)
+    in_h, in_w = float(input_size[0]), float(input_size[1])
+    f64 = tf.float64
+    center = tf.cast(tf.convert_to_tensor(center), f64)
+    scale = tf.cast(tf.convert_to_tensor(scale), f64)
+    side = coords.PIXELS_PER_SCALE * padding * scale
+    zoom = min(in_h, in_w) / side
+    theta = tf.cast(rotation_deg, f64) * (math.pi / 180.0)
+    cos, sin = tf.cos(theta) * zoom, tf.sin(theta) * zoom
+    fx = tf.where(tf.convert_to_tensor(flip), tf.constant(-1.0, f64), tf.constant(1.0, f64))
+    fy = tf.where(tf.convert_to_tensor(vertical_flip), tf.constant(-1.0, f64), tf.constant(1.0, f64))
+    # Linear part L = V·F·S·R with R = [[cos, sin], [-sin, cos]] (CCW as displayed).
+    a, b = fx * cos, fx * sin
+    c, d = -fy * sin, fy * cos
+    shift = tf.cast(tf.convert_to_tensor(shift), f64)
+    tx = in_w / 2.0 + shift[0] - (a * center[0] + b * center[1])
+    ty = in_h / 2.0 + shift[1] - (c * center[0] + d * center[1])
+    zero, one = tf.constant(0.0, f64), tf.constant(1.0, f64)
+    m = tf.stack([tf.stack([a, b, tx]), tf.stack([c, d, ty]), tf.stack([zero, zero, one])])
+    return tf.cast(m, tf.float32)
+
+
+def crop_matrix_np(center, scale: float, padding: float, input_size: Sequence[int],
+                   rotation_deg: float = 0.0, flip: bool = False, shift=(0.0, 0.0),
+                   vertical_flip: bool = False, crop_mode: str = "box",
+                   image_size=None) -> np.ndarray:
+    """NumPy (float64) twin of ``crop_matrix``."""
+    _check_mode(crop_mode, image_size)
+    if crop_mode == "frame":
+        center, scale = frame_center_scale_np(image_size, padding, input_size)
+    in_h, in_w = float(input_size[0]), float(input_size[1])
+    zoom = min(in_h, in_w) / (coords.PIXELS_PER_SCALE * padding * float(scale))
+    theta = math.radians(float(rotation_deg))
+    cos, sin = math.cos(theta) * zoom, math.sin(theta) * zoom
+    fx = -1.0 if flip else 1.0
+    fy = -1.0 if vertical_flip else 1.0
+    lin = np.array([[fx * cos, fx * sin], [-fy * sin, fy * cos]])
+    t = np.array([in_w / 2.0 + shift[0], in_h / 2.0 + shift[1]]) - lin @ np.asarray(center, np.float64)
+    m = np.eye(3)
+    m[:2, :2], m[:2, 2] = lin, t
+    return m
+
+
+def transform_points(matrix, points) -> tf.Tensor:
+    """Apply affine ``matrix`` [..., 3, 3] to ``points`` [..., N, 2] (float32 out)."""
+    matrix = tf.convert_to_tensor(matrix, tf.float32)
+    points = tf.convert_to_tensor(points, tf.float32)
+    lin = matrix[..., :2, :2]
+    t = matrix[..., :2, 2]
+    return tf.linalg.matmul(points, lin, transpose_b=True) + t[..., tf.newaxis, :]
+
+
+def transform_points_np(matrix, points) -> np.ndarray:
+    """NumPy twin of ``transform_points`` (float64)."""
+    matrix = np.asarray(matrix, np.float64)
+    points = np.asarray(points, np.float64)
+    return points @ np.swapaxes(matrix[..., :2, :2], -1, -2) + matrix[..., np.newaxis, :2, 2]
+
+
+def invert(matrix) -> tf.Tensor:
+    """Exact inverse of affine ``matrix`` [..., 3, 3] (crop px -> original px), float32."""
+    m = tf.cast(tf.convert_to_tensor(matrix), tf.float64)
+    a, b, tx = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    c, d, ty = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    itx = -(ia * tx + ib * ty)
+    ity = -(ic * tx + id_ * ty)
+    zero, one = tf.zeros_like(a), tf.ones_like(a)
+    inv = tf.stack([tf.stack([ia, ib, itx], -1), tf.stack([ic, id_, ity], -1),
+                    tf.stack([zero, zero, one], -1)], -2)
+    return tf.cast(inv, tf.float32)
+
+
+def invert_np(matrix) -> np.ndarray:
+    """NumPy twin of ``invert`` (float64)."""
+    m = np.asarray(matrix, np.float64)
+    lin_inv = np.linalg.inv(m[..., :2, :2])
+    out = np.zeros(m.shape, np.float64)
+    out[..., :2, :2] = lin_inv
+    out[..., :2, 2] = -np.einsum("...ij,...j->...i", lin_inv, m[..., :2, 2])
+    out[..., 2, 2] = 1.0
+    return out
+
+
+def sampling_transform(matrix) -> tf.Tensor:
+    """The 8 ``ImageProjectiveTransformV3`` parameters [..., 8] for crop ``matrix``: they map
+    an OUTPUT pixel index to the INPUT pixel index it samples (index = coordinate - 0.5)."""
+    inv = tf.cast(invert(matrix), tf.float64)
+    half = tf.constant(0.5, tf.float64)
+    a, b, tx = inv[..., 0, 0], inv[..., 0, 1], inv[..., 0, 2]
+    c, d, ty = inv[..., 1, 0], inv[..., 1, 1], inv[..., 1, 2]
+    # input_index = inv · (output_index + 0.5) - 0.5
+    tx = tx + half * (a + b) - half
+    ty = ty + half * (c + d) - half
+    zero = tf.zeros_like(a)
+    return tf.cast(tf.stack([a, b, tx, c, d, ty, zero, zero], -1), tf.float32)
+
+
+def warp_image(image, matrix, output_size: Sequence[int], fill_value: float = 0.0) -> tf.Tensor:
+    """Resample ``image`` [H, W, C] or [B, H, W, C] into the crop of ``matrix`` ([3, 3] or
+    [B, 3, 3]) with bilinear interpolation and constant fill, in one
+    ``ImageProjectiveTransformV3`` call. Output [h, w, C] (or batched) of ``output_size``
+    (h, w). Float images stay float32; uint8 images are rounded and clipped back to uint8."""
+    image = tf.convert_to_tensor(image)
+    in_dtype = image.dtype
+    batched = image.shape.rank == 4
+    images = image if batched else image[tf.newaxis]
+    transforms = sampling_transform(matrix)
+    if transforms.shape.rank == 1:
+        transforms = transforms[tf.newaxis]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32), transforms=transforms,
+        output_shape=tf.constant([int(output_size[0]), int(output_size[1])], tf.int32),
+        fill_value=tf.constant(fill_value, tf.float32), interpolation="BILINEAR",
+        fill_mode="CONSTANT")
+    if in_dtype == tf.uint8:
+        out = to_uint8(out)
+    return out if batched else out[0]
+
+
+def to_uint8(image) -> tf.Tensor:
+    """Round and clip a float image to uint8 0-255."""
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def clamp_to_window(points, input_size: Sequence[int]) -> tf.Tensor:
+    """Clamp crop-pixel ``points`` [..., 2] to the crop window [0, W] x [0, H]."""
+    hi = tf.constant([float(input_size[1]), float(input_size[0])], tf.float32)
+    return tf.clip_by_value(tf.convert_to_tensor(points, tf.float32), 0.0, hi)
+
+
+__all__ = [
+    "CROP_MODES", "frame_center_scale", "frame_center_scale_np", "crop_matrix", "crop_matrix_np",
+    "transform_points", "transform_points_np", "invert", "invert_np", "sampling_transform",
+    "warp_image", "to_uint8", "clamp_to_window",
+]

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Train, evaluate and run stacked-hourglass keypoint models.
+
+    python run.py train --tfrecords DIR [flags of the original train.py]
+    python run.py eval --model_path M --tfrecords DIR [--result_json F] [--flip_test]
+    python run.py predict --model_path M --input IMAGE|FOLDER|VIDEO|WEBCAM_INDEX [--output O]
+
+`train` is the default mode, so the original project's `python run.py --dataset_path ...`
+commands work unchanged. The logic lives in model/ and pipeline/; this file only parses flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MODES = ("train", "eval", "predict")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x256, got {text!r}") from None
+    return h, w
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two steps 'start,stop', got {text!r}") from None
+    return a, b
+
+
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or values[2] <= 0 or values[3] <= 0:
+        raise argparse.ArgumentTypeError(f"expected x,y,w,h with w,h > 0, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode")
+
+    def keypoint_files(sp):
+        sp.add_argument("--classes_path", help="keypoint names, one a line (default: the records')")
+        sp.add_argument("--matchpoint_path", help="flip pairs 'a,b,h' (default: the records')")
+        sp.add_argument("--skeleton_path", help="limbs 'a,b,color' (default: the records')")
+
+    t = sub.add_parser("train", help="train a model (the default mode)")
+    t.add_argument("--tfrecords", help="folder written by convert_to_tfrecord.py")
+    t.add_argument("--dataset_path", help="original layout: a folder with images/ and "
+                   "annotations.json; converted to TFRecords once, cached in DATASET_PATH/tfrecords")
+    keypoint_files(t)
+    t.add_argument("--num_stacks", type=int, default=2)
+    t.add_argument("--mobile", action="store_true", help="depthwise-separable convolutions")
+    t.add_argument("--tiny", action="store_true", help="128 channels instead of 256")
+    t.add_argument("--model_image_size", type=_size, default=(256, 256), help="HxW, multiples of 32")
+    t.add_argument("--weights_path", help="start from this .keras model (mismatched heads skipped)")
+    t.add_argument("--batch_size", type=int, default=16, help="global batch, split over replicas")
+    t.add_argument("--optimizer", choices=("adam", "rmsprop", "sgd"), default="rmsprop")
+    t.add_argument("--learning_rate", type=float, default=5e-4)
+    t.add_argument("--decay_type", choices=("cosine", "exponential", "piecewise", "polynomial"))
+    t.add_argument("--warmup_epochs", type=float, default=0.0)
+    t.add_argument("--init_epoch", type=int, default=0)
+    t.add_argument("--total_epoch", type=int, default=100)
+    t.add_argument("--gpu_num", type=int, help="GPUs to use (default: all visible)")
+    t.add_argument("--tpu", nargs="?", const="", help="train on a TPU (optionally its name/address)")
+    t.add_argument("--mixed_precision", action="store_true", help="float16 compute, float32 outputs")
+    t.add_argument("--jit_compile", action="store_true", help="XLA-compile the train step")
+    t.add_argument("--log_dir", default="logs/000")
+    t.add_argument("--seed", type=int, help="seed for augmentation and data order (reproducible)")
+    t.add_argument("--steps_per_loop", type=int, default=50, help="train steps per tf.function call")
+    t.add_argument("--steps_per_epoch", type=int, help="default: train records // batch size")
+    t.add_argument("--checkpoint_steps", type=int, default=200)
+    t.add_argument("--profile_steps", type=_pair, help="'start,stop' steps for the TF profiler")
+    t.add_argument("--sigma", type=float, default=2.0, help="heatmap Gaussian sigma (heatmap px)")
+    t.add_argument("--crop_mode", choices=("box", "frame"), default="box",
+                   help="box: the record's person box; frame: the whole image letterboxed")
+    t.add_argument("--no_augment", action="store_true", help="train without augmentation")
+    t.add_argument("--quiet", action="store_true")
+
+    e = sub.add_parser("eval", help="PCK, COCO OKS AP, PCKh of a .keras, SavedModel or .tflite model")
+    e.add_argument("--model_path", required=True)
+    e.add_argument("--tfrecords", required=True)
+    e.add_argument("--split", default="val")
+    keypoint_files(e)
+    e.add_argument("--batch_size", type=int, default=16)
+    e.add_argument("--result_json", help="write COCO-format results here")
+    e.add_argument("--annotations", help="COCO json for OKS AP (default: the records' source json)")
+    e.add_argument("--flip_test", action="store_true")
+    e.add_argument("--refine", choices=("quarter", "dark", "none"), default="dark")
+    e.add_argument("--crop_mode", choices=("box", "frame"))
+    e.add_argument("--save_result", help="folder for images with the skeleton drawn")
+    e.add_argument("--metrics_json", help="write the metrics here")
+
+    d = sub.add_parser("predict", help="demo on an image, a folder, a video or a webcam")
+    d.add_argument("--model_path", required=True)
+    d.add_argument("--input", required=True, help="image, folder, video file or webcam index")
+    d.add_argument("--output", help="image/folder for images, a video file for video input")
+    keypoint_files(d)
+    d.add_argument("--bbox", type=_bbox, help="x,y,w,h person box (default: whole image, letterboxed)")
+    d.add_argument("--refine", choices=("quarter", "dark", "none"), default="dark")
+    d.add_argument("--flip_test", action="store_true")
+    d.add_argument("--conf_threshold", type=float, default=0.1, help="hide joints below this")
+    d.add_argument("--max_frames", type=int, help="stop a video/webcam after this many frames")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in MODES and argv[0] not in ("-h", "--help")):
+        argv = ["train"] + argv
+    args = build_parser().parse_args(argv)
+    from model import cli
+    try:
+        if args.mode == "train":
+            result = cli.train(args)
+        elif args.mode == "eval":
+            result = cli.evaluate(args)
+        else:
+            result = cli.predict(args)
+    except cli.UsageError as e:
+        print(f"run.py {args.mode}: error: {e}", file=sys.stderr)
+        return 2
+    if result is not None and args.mode == "eval":
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
