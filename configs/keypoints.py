@@ -180,10 +180,16 @@ def _build(names, pair_rows, limb_rows, source) -> KeypointSpec:
 def load_keypoint_spec(classes_path: str, matchpoint_path: Optional[str] = None,
                        skeleton_path: Optional[str] = None) -> KeypointSpec:
     """Load and validate the three files (match points and skeleton optional)."""
-    names = [canonical_name(line) for _, line in _read_lines(classes_path)]
-    for _, line in _read_lines(classes_path):
+    names, first_line = [], {}
+    for lineno, line in _read_lines(classes_path):
         if "," in line:
-            raise KeypointSpecError(f"{classes_path}: keypoint names cannot contain ',': {line!r}")
+            raise KeypointSpecError(f"{classes_path}:{lineno}: keypoint names cannot contain ',': {line!r}")
+        name = canonical_name(line)
+        if name in first_line:
+            raise KeypointSpecError(f"{classes_path}:{lineno}: duplicate keypoint name {name!r} "
+                                    f"(first on line {first_line[name]})")
+        first_line[name] = lineno
+        names.append(name)
     pair_rows = []
     if matchpoint_path:
         for lineno, line in _read_lines(matchpoint_path):

@@ -104,7 +104,7 @@ def apply_hourglass_block(x, num_channels, num_poolings=3, mobile=False, *, name
 
     At each level l (0 = input resolution) a bottleneck `{name}_level{l}_down` runs before
     the pooling and a bottleneck `{name}_level{l}_skip` keeps that resolution; after the
-    deeper levels come back up, `UpSampling2D` + `Add` with the skip and a bottleneck
+    deeper levels come back up, nearest 2x upsampling + `Add` with the skip and a bottleneck
     `{name}_level{l}_merge`. The lowest level has a skip bottleneck `{name}_bottom_skip` and
     three bottlenecks `{name}_bottom1..3`. With 3 poolings: 4 + 4 + 3 * 2 = 14 bottlenecks.
     """
@@ -123,7 +123,10 @@ def _apply_hourglass_level(x, num_channels, level, num_poolings, mobile, name):
     skip = apply_bottleneck_block(down, num_channels, mobile, name=f"{prefix}_skip")
     low = layers.MaxPooling2D(2, strides=2, name=f"{prefix}_pool")(down)
     low = _apply_hourglass_level(low, num_channels, level + 1, num_poolings, mobile, name)
-    up = layers.UpSampling2D(2, interpolation="nearest", name=f"{prefix}_upsample")(low)
+    # Nearest 2x upsampling as a fixed-size resize: the same values as UpSampling2D (which
+    # Keras 3 writes as two `repeat`s, six TFLite ops each) but one RESIZE_NEAREST_NEIGHBOR.
+    up = layers.Resizing(down.shape[1], down.shape[2], interpolation="nearest",
+                         name=f"{prefix}_upsample")(low)
     merged = layers.Add(name=f"{prefix}_add")([skip, up])
     return apply_bottleneck_block(merged, num_channels, mobile, name=f"{prefix}_merge")
 

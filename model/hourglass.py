@@ -91,7 +91,9 @@ def build_hourglass(num_keypoints: int = 17, num_stacks: int = 2, num_channels: 
     num_channels: feature width (256 standard, 128 "tiny"). mobile: 3x3 and 7x7 convolutions
     become depthwise-separable. input_size: (height, width), multiples of 32.
     Returns a Functional `keras.Model`: RGB 0-255 [B, H, W, 3] -> list of num_stacks float32
-    heatmaps [B, H/4, W/4, K] named `stack_{i}_heatmaps` (i from 1).
+    heatmaps [B, H/4, W/4, K] named `stack_{i}_heatmaps` (i from 1). `model.outputs` is always
+    that list, but Keras unwraps a one-element list when the model is CALLED (or predicts):
+    with num_stacks=1 wrap the result in `as_stack_list(...)`.
     """
     config = HourglassConfig(num_keypoints=num_keypoints, num_stacks=num_stacks,
                              num_channels=num_channels, mobile=mobile, input_size=input_size)
@@ -110,6 +112,17 @@ def build_hourglass(num_keypoints: int = 17, num_stacks: int = 2, num_channels: 
                                        is_last=index == config.num_stacks, name=name)
         outputs.append(heatmaps)
     return keras.Model(image, outputs, name=config.model_name)
+
+
+def as_stack_list(outputs) -> list:
+    """A model call's result as the list of per-stack heatmaps, whatever num_stacks is.
+
+    Keras returns a bare tensor (not a one-element list) for a one-output model; this puts it
+    back in a list and leaves lists and tuples of several stacks as a list.
+    """
+    if isinstance(outputs, (list, tuple)):
+        return list(outputs)
+    return [outputs]
 
 
 def hourglass_config(model: keras.Model) -> HourglassConfig:

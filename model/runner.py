@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Optional
 
 import numpy as np
@@ -73,8 +74,10 @@ class KerasRunner(Runner):
         self.num_keypoints = int(out[-1])
         self.stride = self.input_size[0] // int(out[1])
         self.metadata = read_metadata(path) if path else {}
+        from model import as_stack_list
         model_ = self.model
-        self._fn = tf.function(lambda x: model_(x, training=False)[-1], reduce_retracing=True)
+        self._fn = tf.function(lambda x: as_stack_list(model_(x, training=False))[-1],
+                               reduce_retracing=True)
 
     def __call__(self, images):
         return self._fn(np.asarray(images, np.uint8)).numpy().astype(np.float32)
@@ -145,9 +148,11 @@ class TFLiteRunner(Runner):
 
 
 def _last_heatmap_name(names: list[str]) -> str:
+    """The last stack's output: 'heatmaps' when exported alone, else the highest stack_N."""
     if len(names) == 1:
         return names[0]
-    return sorted(names)[-1]
+    numbered = [(int(m.group(1)), n) for n in names if (m := re.search(r"stack_(\d+)", n))]
+    return max(numbered)[1] if numbered else sorted(names)[-1]
 
 
 def load_runner(path: str) -> Runner:

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from configs import KeypointSpec, atomic_write_text
-from model import build_hourglass
+from model import as_stack_list, build_hourglass
 from model.distribute import is_chief, is_multi_worker, writable_dir
 from model.loss import heatmap_loss_per_example
 from model.metrics import pck_counts, pck_threshold_px, ratio
@@ -305,7 +305,7 @@ class Trainer:
 
         def replica_eval(batch):
             images, labels = batch
-            predictions = model(images, training=False)
+            predictions = as_stack_list(model(images, training=False))
             per_example, _ = heatmap_loss_per_example(
                 labels["heatmaps"], labels["weights"], predictions)
             coords, _ = codec.decode(predictions[-1])
@@ -389,7 +389,7 @@ class Trainer:
         reader = InputReader(file_pattern=self.val_pattern, parser=self.parser, is_training=False,
                              global_batch_size=self.cfg.num_summary_images, seed=self.cfg.seed)
         images, labels = next(iter(reader(None)))
-        predictions = self.model(images, training=False)
+        predictions = as_stack_list(self.model(images, training=False))
         coords, conf = self.codec.decode(predictions[-1])
         drawn, maps = [], []
         for i in range(images.shape[0]):

@@ -3,15 +3,15 @@
 Both frames use the convention of ``pipeline.coords`` (continuous coordinates, pixel centres
 at +0.5). A crop matrix is composed as
 
-    crop = T(W/2 + shift_x, H/2 + shift_y) · V · F · S · R · T(-center)
+    crop = V · F · T(W/2 + shift_x, H/2 + shift_y) · S · R · T(-center)
 
 - T(-center): the person centre goes to the origin.
 - R: rotation by ``rotation_deg``, positive = counter-clockwise as displayed (y points down).
 - S: zoom ``min(W, H) / side`` with ``side = 200 · scale · padding``, so the crop window is
   the padded square widened to the model aspect W/H (``pipeline.coords.crop_size``).
-- F, V: optional horizontal (x -> -x) and vertical (y -> -y) mirror about the crop centre,
-  i.e. x_crop -> W - x_crop (no half-pixel shift in our convention).
 - shift: translation in crop pixels.
+- F, V: optional mirrors of the finished crop, x -> W - x and y -> H - y (no half-pixel
+  shift in our convention): a flipped crop is exactly the mirror image of the unflipped one.
 
 ``ImageProjectiveTransformV3`` samples at integer pixel indices (index i = our coordinate
 i + 0.5), so ``warp_image`` conjugates the inverse matrix with a half-pixel shift.
@@ -81,14 +81,17 @@ def crop_matrix(center, scale, padding: float, input_size: Sequence[int], rotati
     zoom = min(in_h, in_w) / side
     theta = tf.cast(rotation_deg, f64) * (math.pi / 180.0)
     cos, sin = tf.cos(theta) * zoom, tf.sin(theta) * zoom
-    fx = tf.where(tf.convert_to_tensor(flip), tf.constant(-1.0, f64), tf.constant(1.0, f64))
-    fy = tf.where(tf.convert_to_tensor(vertical_flip), tf.constant(-1.0, f64), tf.constant(1.0, f64))
-    # Linear part L = V·F·S·R with R = [[cos, sin], [-sin, cos]] (CCW as displayed).
-    a, b = fx * cos, fx * sin
-    c, d = -fy * sin, fy * cos
+    # Linear part S·R with R = [[cos, sin], [-sin, cos]] (counter-clockwise as displayed).
     shift = tf.cast(tf.convert_to_tensor(shift), f64)
+    a, b, c, d = cos, sin, -sin, cos
     tx = in_w / 2.0 + shift[0] - (a * center[0] + b * center[1])
     ty = in_h / 2.0 + shift[1] - (c * center[0] + d * center[1])
+    # Mirrors of the finished crop: x -> W - x, y -> H - y.
+    flip = tf.convert_to_tensor(flip)
+    a, b, tx = tf.where(flip, -a, a), tf.where(flip, -b, b), tf.where(flip, in_w - tx, tx)
+    vertical_flip = tf.convert_to_tensor(vertical_flip)
+    c, d = tf.where(vertical_flip, -c, c), tf.where(vertical_flip, -d, d)
+    ty = tf.where(vertical_flip, in_h - ty, ty)
     zero, one = tf.constant(0.0, f64), tf.constant(1.0, f64)
     m = tf.stack([tf.stack([a, b, tx]), tf.stack([c, d, ty]), tf.stack([zero, zero, one])])
     return tf.cast(m, tf.float32)
@@ -106,10 +109,12 @@ def crop_matrix_np(center, scale: float, padding: float, input_size: Sequence[in
     zoom = min(in_h, in_w) / (coords.PIXELS_PER_SCALE * padding * float(scale))
     theta = math.radians(float(rotation_deg))
     cos, sin = math.cos(theta) * zoom, math.sin(theta) * zoom
-    fx = -1.0 if flip else 1.0
-    fy = -1.0 if vertical_flip else 1.0
-    lin = np.array([[fx * cos, fx * sin], [-fy * sin, fy * cos]])
+    lin = np.array([[cos, sin], [-sin, cos]])
     t = np.array([in_w / 2.0 + shift[0], in_h / 2.0 + shift[1]]) - lin @ np.asarray(center, np.float64)
+    if flip:
+        lin[0], t[0] = -lin[0], in_w - t[0]
+    if vertical_flip:
+        lin[1], t[1] = -lin[1], in_h - t[1]
     m = np.eye(3)
     m[:2, :2], m[:2, 2] = lin, t
     return m
@@ -194,8 +199,8 @@ def warp_image(image, matrix, output_size: Sequence[int], fill_value: float = 0.
 
 
 def to_uint8(image) -> tf.Tensor:
-    """Round and clip a float image to uint8 0-255."""
-    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+    """Round (half up) and clip a float image to uint8 0-255."""
+    return tf.saturate_cast(image + 0.5, tf.uint8)
 
 
 def clamp_to_window(points, input_size: Sequence[int]) -> tf.Tensor:

@@ -91,7 +91,9 @@ class Parser:
             rotation_deg=aug["rotation_deg"], flip=aug["flip"], shift=aug["shift"],
             vertical_flip=aug["vertical_flip"])
         image = affine.warp_image(tf.cast(decoded["image"], tf.float32), matrix, cfg.input_size)
-        image = affine.to_uint8(color_jitter(image, aug["color"]))
+        if cfg.color_jitter > 0:
+            image = color_jitter(image, aug["color"])
+        image = affine.to_uint8(image)
         crop_kp = affine.transform_points(matrix, keypoints)
         crop_kp, visibility = flip_keypoints(crop_kp, visibility, aug["flip"], self.spec.flip_indices)
         if self.spec.has_vertical_pairs:
@@ -160,41 +162,40 @@ def crop_center_scale(decoded: dict, config: ParserConfig):
 
 
 def draw_augmentation(seed, config: ParserConfig, vertical_allowed: bool) -> dict:
-    """All random values of one example from ``seed`` (int [2]) with stateless ops:
+    """All random values of one example from ``seed`` (int [2]) with one stateless draw:
     scale_factor [], rotation_deg [], flip bool [], vertical_flip bool [], shift [2] (crop
     px), color [5] (3 channel gains, contrast, saturation)."""
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=7)
-
-    def uniform(i, shape=(), lo=0.0, hi=1.0):
-        return tf.random.stateless_uniform(list(shape), seeds[i], minval=lo, maxval=hi)
-
+    u = tf.random.stateless_uniform([12], tf.cast(seed, tf.int64))
     lo, hi = config.scale_range
-    rotate = uniform(1) < config.rotation_prob
-    angle = uniform(2, lo=-config.rotation_deg, hi=config.rotation_deg)
-    in_wh = tf.constant([config.input_size[1], config.input_size[0]], tf.float32)
     t, j = config.translate_frac, config.color_jitter
+    angle = (2.0 * u[2] - 1.0) * config.rotation_deg
+    in_wh = tf.constant([config.input_size[1], config.input_size[0]], tf.float32)
     vflip_prob = config.vertical_flip_prob if vertical_allowed else 0.0
     return {
-        "scale_factor": uniform(0, lo=lo, hi=hi),
-        "rotation_deg": tf.where(rotate, angle, 0.0),
-        "flip": uniform(3) < config.flip_prob,
-        "vertical_flip": uniform(4) < vflip_prob,
-        "shift": uniform(5, [2], -t, t) * in_wh,
-        "color": uniform(6, [5], 1.0 - j, 1.0 + j),
+        "scale_factor": lo + (hi - lo) * u[0],
+        "rotation_deg": tf.where(u[1] < config.rotation_prob, angle, 0.0),
+        "flip": u[3] < config.flip_prob,
+        "vertical_flip": u[4] < vflip_prob,
+        "shift": (2.0 * u[5:7] - 1.0) * t * in_wh,
+        "color": 1.0 + (2.0 * u[7:12] - 1.0) * j,
     }
 
 
 def color_jitter(image, factors):
-    """float image [H, W, 3] 0-255, factors [5] = (gain r, g, b, contrast, saturation):
-    per-channel gain, then contrast about the mean grey level, then saturation about the
-    per-pixel grey. Returns float (not clipped)."""
-    image = image * factors[:3]
-    grey = tf.reduce_sum(image * tf.constant(_GREY), axis=-1, keepdims=True)
-    mean = tf.reduce_mean(grey)
-    contrast, saturation = factors[3], factors[4]
-    image = mean + (image - mean) * contrast
-    grey = mean + (grey - mean) * contrast
-    return grey + (image - grey) * saturation
+    """float image [H, W, 3] 0-255, factors [5] = (gain r, g, b, contrast c, saturation s):
+    per-channel gain, then contrast about the mean luma m of the gained crop, then
+    saturation about each pixel's luma (BT.601). All three are linear, so they run as one
+    3x3 colour matrix plus an offset: ``out = c·P·G·p + (1 - c)·m`` with G = diag(gains),
+    P = s·I + (1 - s)·1·lumaᵀ. m is measured on every 4th pixel. Returns float, unclipped."""
+    gains, contrast, saturation = factors[:3], factors[3], factors[4]
+    luma = tf.constant(_GREY, tf.float32)
+    mean_rgb = tf.reduce_mean(image[::4, ::4], axis=[0, 1])
+    mean = tf.reduce_sum(luma * gains * mean_rgb)
+    sat = saturation * tf.eye(3) + (1.0 - saturation) * tf.ones([3, 1]) * luma[tf.newaxis, :]
+    colour = contrast * sat * gains[tf.newaxis, :]          # rows: output channel
+    flat = tf.reshape(image, [-1, 3])
+    out = tf.linalg.matmul(flat, colour, transpose_b=True) + (1.0 - contrast) * mean
+    return tf.reshape(out, tf.shape(image))
 
 
 def flip_keypoints(keypoints, visibility, flip, flip_indices):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import (HourglassConfig, build_hourglass, count_trainable_parameters, heatmap_loss,
+from model import (HourglassConfig, as_stack_list, build_hourglass, count_trainable_parameters, heatmap_loss,
                    hourglass_config)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +97,16 @@ def test_output_shapes_one_and_four_stacks(num_stacks, input_size):
     assert hourglass_config(model).num_stacks == num_stacks
 
 
+def test_one_stack_call_result_as_stack_list():
+    """Keras unwraps a one-output model's result; as_stack_list restores the list."""
+    model = build_hourglass(num_keypoints=2, num_stacks=1, num_channels=16, input_size=(32, 64))
+    assert isinstance(model.outputs, list) and len(model.outputs) == 1
+    result = model(random_images(1, 32, 64), training=False)
+    stacks = as_stack_list(result)
+    assert len(stacks) == 1 and stacks[0].shape == (1, 8, 16, 2)
+    assert as_stack_list([result, result]) == [result, result]
+
+
 def test_full_size_models_run_at_non_square_size():
     """The symbolic shapes hold when the real variants are executed (256x192, one image)."""
     images = random_images(1, 256, 192)
@@ -130,6 +140,33 @@ def test_layer_rules(small_models):
         last_bns = [layer for layer in model.layers if layer.name.endswith("_3_bn")]
         assert len(last_bns) == 3 + 14 * 2   # stem + 14 bottlenecks per stack
         assert all(not np.any(layer.gamma.numpy()) for layer in last_bns)
+
+
+def test_tflite_folds_every_batch_norm():
+    """After conversion only the input rescale is a MUL and every ADD is a residual/merge
+    Add (or the rescale offset): no BatchNorm is left as MUL + ADD; outputs match Keras."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = build_hourglass(num_keypoints=3, num_stacks=1, num_channels=16, mobile=True,
+                            input_size=(64, 64))   # one stack: conversion time grows with the graph
+    _randomize(model, seed=4)
+    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    interpreter = Interpreter(model_content=flatbuffer)
+    interpreter.allocate_tensors()
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]
+    add_inputs = sum(len(layer.input) - 1 for layer in model.layers
+                     if type(layer).__name__ == "Add")
+    assert ops.count("MUL") == 1
+    assert ops.count("ADD") == add_inputs + 1
+    assert "TILE" not in ops and ops.count("RESIZE_NEAREST_NEIGHBOR") == 3
+    images = random_images(1, 64, 64, seed=5).astype(np.float32)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    (output,) = interpreter.get_output_details()
+    expected = as_stack_list(model.predict_on_batch(images))[-1]
+    assert np.std(expected) > 1e-3
+    np.testing.assert_allclose(interpreter.get_tensor(output["index"]), expected,
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_uint8_and_float_inputs_give_same_heatmaps(small_models):

@@ -123,10 +123,9 @@ def _record(index, entry, images_dir, spec, options, annotations, shift_center, 
         n = len(joints) if isinstance(joints, list) else 0
         return skip("wrong_keypoint_count", f"joint_self has {n} joints, the classes file names "
                     f"{spec.num_keypoints}")
-    kp = _keypoints(joints)
-    if isinstance(kp, tuple):
-        return skip(*kp)
-    kp, dropped = kp
+    kp, dropped = _keypoints(joints)
+    if isinstance(kp, str):
+        return skip(kp, dropped)
     unlabelled["non_positive_coordinate"] += dropped
     if not (kp[:, 2] > 0).any():
         return skip("no_labelled_keypoints", "no labelled keypoint")
@@ -142,7 +141,7 @@ def _record(index, entry, images_dir, spec, options, annotations, shift_center, 
 
 def _keypoints(joints):
     """K x [x, y, v] 1-based -> ((K, 3) ours, number of visible points with bad coordinates),
-    or (reason, message)."""
+    or (reason, message) when the record cannot be used."""
     rows = []
     for i, j in enumerate(joints):
         if not (isinstance(j, list) and len(j) in (2, 3)

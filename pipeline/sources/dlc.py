@@ -216,6 +216,10 @@ def read_dlc(annotations: str, images_dir: str, spec: Optional[KeypointSpec], op
             r.image_id = ids[r.filename]
     if not_selected:
         notes.append(f"{not_selected} frames of other splits than --split {options.split} not converted")
+    sided = [n for n in spec.names if "left" in n.lower() or "right" in n.lower()]
+    if sided and not spec.flip_pairs:
+        notes.append(f"no flip pairs for {sided}: a horizontal flip would swap them; pass "
+                     f"--matchpoint_path (lines like leftear,rightear,h) or train without flips")
     return SourceData(spec=spec, records=records, skipped=skipped, notes=notes,
                       unlabelled_points={"only_x_or_y_given": half} if half else {})
 

@@ -1,0 +1,618 @@
+"""Annotations + images -> sharded TFRecords (pipeline.schema) + dataset_info.json.
+
+``convert_dataset(fmt, annotations, images, output, split=..., num_shards=..., spec=...)``
+is what convert_to_tfrecord.py and run.py call. It promises:
+
+- **Fail early.** A malformed/empty annotation file, a missing image folder, a keypoint
+  count that disagrees with the classes file for the whole file, a dataset_info.json in
+  ``output`` with another keypoint definition, or zero valid records raise
+  ``ConversionError`` and leave ``output`` as it was (no shard, no dataset_info.json).
+- **Skip, count, list.** A bad record (missing, corrupt or truncated image, size mismatch,
+  NaN / negative coordinates, ``../`` paths, wrong keypoint count, crowd, nothing labelled)
+  is skipped and listed in dataset_info.json (file, record id, reason, message); every other
+  record is written.
+- **Parallel.** Worker processes (spawned, one per core by default) read and check each image
+  once (JPEG: SOS/EOI markers + full decode; PNG: IEND + full decode) and serialize its
+  Examples; they load only TensorFlow's Example protobuf classes, not the TF runtime.
+- **Deterministic.** Records keep the reader's order (grouped by image), the j-th written
+  record of a split goes to shard ``j % num_shards``, Examples are serialized with sorted map
+  keys and nothing time-dependent is stored: the same input gives the same shard bytes,
+  whatever the number of workers.
+- **Atomic.** Each shard is written as ``<name>.tmp-<pid>`` and renamed when all shards of the
+  run are complete; old shards of the converted splits that this run did not write are
+  removed; dataset_info.json is written last (tmp + rename). A killed run leaves only
+  ``*.tmp-*`` files, which the next run into the folder deletes.
+
+Images: JPEG and PNG bytes are stored as they are; any other format OpenCV can read (BMP,
+TIFF, WebP, ...) is re-encoded to PNG and listed under ``reencoded``. Width and height come
+from the decoded image; when the annotation file gives them too they must agree
+(``size_mismatch`` otherwise).
+
+Shards: ``{split}-{i:05d}-of-{n:05d}.tfrecord``. Converting another split into the same
+folder adds it to dataset_info.json; converting a split again replaces that split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import math
+import multiprocessing
+import os
+import re
+import sys
+from typing import Optional
+
+import numpy as np
+
+from configs import KeypointSpec, atomic_write_json, builtin_paths, load_keypoint_spec
+from pipeline.schema import SCHEMA_VERSION, PersonRecord
+from pipeline.sources import ConversionError, ReaderOptions, SourceData, Skip, validate_split_name
+
+FORMATS = ("coco", "mpii", "custom", "dlc")
+INFO_NAME = "dataset_info.json"
+SPEC_PREFIX = "keypoints"              # keypoints_classes.txt etc. beside the records
+RECORDS_PER_SHARD = 1000               # automatic shard count: ceil(records / this)
+SHARD_RE = r"(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord"
+
+
+class VerifyError(RuntimeError):
+    """The records on disk disagree with dataset_info.json."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+    """Everything besides the format and the three paths; defaults match the CLI's."""
+
+    split: Optional[str] = None          # split name (default: from the file / "train")
+    num_shards: Optional[int] = None     # per split; None: ceil(records / RECORDS_PER_SHARD)
+    box_padding: float = 1.0             # multiplies every stored scale
+    num_workers: int = 0                 # 0: one per CPU core; 1: in this process
+    classes_path: Optional[str] = None   # keypoint files (coco/mpii default to configs/)
+    matchpoint_path: Optional[str] = None
+    skeleton_path: Optional[str] = None
+    dlc_config: Optional[str] = None     # dlc: config.yaml (skeleton)
+    val_images: Optional[str] = None     # dlc: basenames for "val", one a line
+    val_fraction: Optional[float] = None  # dlc: seeded random fraction for "val"
+    seed: int = 0
+    quiet: bool = False                  # no progress bar
+    verify: bool = False                 # read every shard back after writing
+
+    def check(self) -> None:
+        if self.split is not None:
+            validate_split_name(self.split)
+        if self.num_shards is not None and self.num_shards < 1:
+            raise ConversionError(f"--num_shards {self.num_shards}: must be >= 1")
+        if not (math.isfinite(self.box_padding) and self.box_padding > 0):
+            raise ConversionError(f"--box_padding {self.box_padding}: must be a positive number")
+        if self.num_workers < 0:
+            raise ConversionError(f"--num_workers {self.num_workers}: must be >= 0 (0 = all cores)")
+
+
+def convert_dataset(fmt: str, annotations: str, images: str, output: str, *,
+                    split: Optional[str] = None, num_shards: Optional[int] = None,
+                    spec: Optional[KeypointSpec] = None,
+                    options: Optional[ConvertOptions] = None) -> dict:
+    """Convert one annotation file into `output`; returns the dataset_info dict written there.
+
+    `split`/`num_shards` override the same fields of `options`; `spec` overrides the keypoint
+    files of `options`. Raises ConversionError (nothing written) or VerifyError."""
+    options = options or ConvertOptions()
+    overrides = {k: v for k, v in (("split", split), ("num_shards", num_shards)) if v is not None}
+    options = dataclasses.replace(options, **overrides)
+    options.check()
+    if fmt not in FORMATS:
+        raise ConversionError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if not os.path.isdir(images):
+        raise ConversionError(f"{images}: image folder not found; check --images")
+    source = read_source(fmt, annotations, images, options, spec)
+    spec = source.spec
+    existing = _existing_info(output, spec)
+    candidates = sum(len(r) for r in source.records.values())
+    if candidates == 0:
+        raise ConversionError(_nothing_valid(annotations, source.skipped))
+
+    os.makedirs(output, exist_ok=True)
+    splits = sorted(set(source.records) | {s.split for s in source.skipped})
+    results = _write_splits(source, splits, output, options)
+    if sum(r.count for r in results.values()) == 0:
+        for r in results.values():
+            r.discard()
+        raise ConversionError(_nothing_valid(annotations, source.skipped + [
+            s for r in results.values() for s in r.skipped]))
+    for r in results.values():
+        r.commit(output)
+    files = spec.write(output, SPEC_PREFIX)
+    info = _merge_info(existing, spec, files, fmt, annotations, images, options, source, results)
+    atomic_write_json(os.path.join(output, INFO_NAME), info)
+    if options.verify:
+        problems = verify_dataset(output)
+        if problems:
+            raise VerifyError("verification failed:\n  " + "\n  ".join(problems))
+    return info
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def resolve_spec(fmt: str, spec: Optional[KeypointSpec], options: ConvertOptions) -> Optional[KeypointSpec]:
+    """The keypoint definition: `spec`, else the files of `options`, else configs/ for coco
+    and mpii; None for dlc without files (its names come from the CSV header)."""
+    if spec is not None:
+        return spec
+    if options.classes_path:
+        return load_keypoint_spec(options.classes_path, options.matchpoint_path, options.skeleton_path)
+    if fmt in ("coco", "mpii"):
+        paths = builtin_paths(fmt)
+        return load_keypoint_spec(paths["classes_path"], options.matchpoint_path or paths["matchpoint_path"],
+                                  options.skeleton_path or paths["skeleton_path"])
+    if fmt == "custom":
+        raise ConversionError("--format custom needs --classes_path (the keypoint names in joint_self "
+                              "order), and optionally --matchpoint_path and --skeleton_path")
+    return None
+
+
+def read_source(fmt: str, annotations: str, images: str, options: ConvertOptions,
+                spec: Optional[KeypointSpec] = None) -> SourceData:
+    """Run the reader of `fmt` with the keypoint definition of resolve_spec (no image is
+    opened here)."""
+    from pipeline.sources import load_json
+    from pipeline.sources.coco import read_coco
+    from pipeline.sources.custom import read_custom
+    from pipeline.sources.dlc import read_dlc
+    from pipeline.sources.mpii import read_mpii
+
+    spec = resolve_spec(fmt, spec, options)
+    reader_options = ReaderOptions(
+        split=options.split, box_padding=options.box_padding, val_images=options.val_images,
+        val_fraction=options.val_fraction, seed=options.seed, dlc_config=options.dlc_config)
+    if fmt != "dlc" and (options.val_images or options.val_fraction is not None or options.dlc_config):
+        raise ConversionError("--val_images, --val_fraction and --config are for --format dlc only")
+    if fmt == "coco":
+        return read_coco(annotations, images, spec, reader_options)
+    if fmt == "mpii":
+        return read_mpii(annotations, images, spec, reader_options)
+    if fmt == "custom":
+        return read_custom(annotations, images, spec, reader_options, load_json(annotations))
+    return read_dlc(annotations, images, spec, reader_options, options.matchpoint_path,
+                    options.skeleton_path)
+
+
+def _nothing_valid(annotations: str, skipped: list[Skip]) -> str:
+    reasons = _count_reasons(skipped)
+    first = "; ".join(s.message for s in skipped[:3])
+    return (f"{annotations}: no valid record to write (skipped: {reasons or 'none'}). "
+            f"First problems: {first or 'the file lists no person'}")
+
+
+def _existing_info(output: str, spec: KeypointSpec) -> Optional[dict]:
+    """dataset_info.json already in `output`, checked to describe the same keypoints."""
+    import json
+    path = os.path.join(output, INFO_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        old = {k: info[k] for k in ("keypoint_names", "flip_pairs", "skeleton")}
+        version = info["schema_version"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConversionError(f"{path} exists but is not a dataset_info.json of this converter ({e}); "
+                              f"remove the folder or choose another --output") from e
+    if version != SCHEMA_VERSION:
+        raise ConversionError(f"{path}: records of schema version {version}, this converter writes "
+                              f"{SCHEMA_VERSION}; convert every split into a new --output folder")
+    if old != spec.to_dict():
+        raise ConversionError(
+            f"{path}: the records there use another keypoint definition ({len(old['keypoint_names'])} "
+            f"names: {', '.join(old['keypoint_names'])}; flip pairs and skeleton must match too) than "
+            f"this run ({spec.num_keypoints}: {', '.join(spec.names)}); use the same keypoint files "
+            f"or another --output folder")
+    return info
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+@dataclasses.dataclass
+class ImageTask:
+    """All persons of one image in one split."""
+
+    split: str
+    image_path: str
+    filename: str
+    records: list[PersonRecord]
+
+
+@dataclasses.dataclass
+class ImageResult:
+    split: str
+    examples: list[bytes]
+    skipped: list[Skip]
+    reencoded: list[dict]
+
+
+class ImageProblem(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+_NAMES: tuple[str, ...] = ()
+
+
+def _init_worker(names: tuple[str, ...]) -> None:
+    """Worker start: Example protobufs without the TF runtime; one OpenCV thread."""
+    global _NAMES
+    _NAMES = tuple(names)
+    _protobuf_only_tensorflow()
+    import cv2
+    cv2.setNumThreads(1)
+
+
+def _protobuf_only_tensorflow() -> None:
+    """Make ``tensorflow.core.example`` importable without running tensorflow/__init__.py
+    (which loads the whole runtime, ~2 s and hundreds of MB per worker): register the three
+    packages as plain namespace modules pointing at TF's folders. Only in a fresh worker
+    process; falls back to the normal import if TF's layout differs."""
+    if "tensorflow" in sys.modules:
+        return
+    import importlib.util
+    import types
+    spec = importlib.util.find_spec("tensorflow")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    root = list(spec.submodule_search_locations)[0]
+    names = ("tensorflow", "tensorflow.core", "tensorflow.core.example")
+    for name in names:
+        module = types.ModuleType(name)
+        module.__path__ = [os.path.join(root, *name.split(".")[1:])]
+        sys.modules[name] = module
+    try:
+        from tensorflow.core.example import example_pb2, feature_pb2  # noqa: F401
+    except ImportError:
+        for name in names + ("tensorflow.core.example.example_pb2", "tensorflow.core.example.feature_pb2"):
+            sys.modules.pop(name, None)
+
+
+def process_image(task: ImageTask, names: Optional[tuple[str, ...]] = None) -> ImageResult:
+    """Read and check one image, then serialize one Example per person (or skip them all)."""
+    from pipeline.schema import encode_example
+    names = names or _NAMES
+    result = ImageResult(task.split, [], [], [])
+
+    def skip(record, reason, message):
+        result.skipped.append(Skip(task.split, task.filename, str(record.annotation_id), reason,
+                                   f"{task.filename} (record {record.annotation_id}): {message}"))
+
+    try:
+        data, fmt, width, height, source_format = load_image(task.image_path)
+    except ImageProblem as e:
+        for record in task.records:
+            skip(record, e.reason, str(e))
+        return result
+    for record in task.records:
+        if (record.width, record.height) != (0, 0) and (record.width, record.height) != (width, height):
+            skip(record, "size_mismatch", f"the annotations say {record.width}x{record.height}, the "
+                 f"image is {width}x{height}; fix the annotation or use the right image")
+            continue
+        record = dataclasses.replace(record, width=width, height=height)
+        try:
+            example = encode_example(record, data, fmt, names, reencoded=source_format != fmt)
+        except (ValueError, TypeError, OverflowError) as e:
+            skip(record, "bad_value", f"cannot be encoded: {e}")
+            continue
+        result.examples.append(example)
+        if source_format != fmt:
+            result.reencoded.append({"file": task.filename, "record": str(record.annotation_id),
+                                     "from": source_format, "to": fmt})
+    return result
+
+
+def sniff_format(data: bytes) -> str:
+    """Image format from the file's first bytes."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    return "unknown"
+
+
+def load_image(path: str) -> tuple[bytes, str, int, int, str]:
+    """(bytes to store, stored format, width, height, original format) of an image file.
+
+    JPEG/PNG bytes come back unchanged; other formats are re-encoded to PNG. Raises
+    ImageProblem for a missing, empty, truncated or undecodable file."""
+    import cv2
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageProblem("missing_image", f"image file not found: {path}") from None
+    except OSError as e:
+        raise ImageProblem("unreadable_image", f"cannot read {path}: {e}") from None
+    if not data:
+        raise ImageProblem("corrupt_image", f"{path} is empty (0 bytes)")
+    fmt = sniff_format(data)
+    if fmt == "jpeg" and not _jpeg_complete(data):
+        raise ImageProblem("truncated_jpeg", f"{path}: JPEG without an end-of-image marker after its "
+                           f"last scan (truncated download or copy); replace the file")
+    if fmt == "png" and b"IEND" not in data[-12:]:
+        raise ImageProblem("truncated_png", f"{path}: PNG without its IEND chunk (truncated); "
+                           f"replace the file")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        image = None
+    if image is None or image.ndim < 2 or image.size == 0:
+        raise ImageProblem("corrupt_image", f"{path}: cannot be decoded as an image ({fmt}); "
+                           f"replace the file")
+    height, width = int(image.shape[0]), int(image.shape[1])
+    if fmt in ("jpeg", "png"):
+        return data, fmt, width, height, fmt
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise ImageProblem("unsupported_image", f"{path}: {fmt} image cannot be re-encoded as PNG "
+                           f"(dtype {image.dtype}); convert it to JPEG or PNG")
+    return encoded.tobytes(), "png", width, height, fmt
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """True when an end-of-image marker follows the start of the last scan (a truncated file
+    stops inside scan data; trailing bytes after EOI are allowed)."""
+    sos = data.rfind(b"\xff\xda")
+    return sos >= 0 and data.rfind(b"\xff\xd9") > sos
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+@dataclasses.dataclass
+class SplitResult:
+    """Shards of one split written under temporary names, and what was skipped."""
+
+    split: str
+    num_shards: int
+    temp_paths: list[str]
+    final_names: list[str]
+    count: int = 0
+    skipped: list[Skip] = dataclasses.field(default_factory=list)
+    reencoded: list[dict] = dataclasses.field(default_factory=list)
+
+    def discard(self) -> None:
+        for p in self.temp_paths:
+            if os.path.exists(p):
+                os.remove(p)
+
+    def commit(self, output: str) -> None:
+        """Rename complete shards into place; remove old shards of this split not rewritten."""
+        if self.count == 0:
+            self.discard()
+            self.final_names = []
+        else:
+            for tmp, name in zip(self.temp_paths, self.final_names):
+                os.replace(tmp, os.path.join(output, name))
+        keep = set(self.final_names)
+        for path in glob.glob(os.path.join(output, f"{self.split}-*-of-*.tfrecord")):
+            m = re.fullmatch(SHARD_RE, os.path.basename(path))
+            if m and m["split"] == self.split and os.path.basename(path) not in keep:
+                os.remove(path)
+
+
+def _image_tasks(records: list[PersonRecord], split: str) -> list[ImageTask]:
+    """Group a split's records by image, in order of first appearance."""
+    tasks: dict[str, ImageTask] = {}
+    for r in records:
+        if r.image_path not in tasks:
+            tasks[r.image_path] = ImageTask(split, r.image_path, r.filename, [])
+        tasks[r.image_path].records.append(r)
+    return list(tasks.values())
+
+
+def _write_splits(source: SourceData, splits: list[str], output: str,
+                  options: ConvertOptions) -> dict[str, SplitResult]:
+    """Write every split's shards under temporary names (removed again on any error)."""
+    import tensorflow as tf
+
+    _remove_stale_temps(output, splits)
+    results: dict[str, SplitResult] = {}
+    writers: dict[str, list] = {}
+    tasks: list[ImageTask] = []
+    for split in splits:
+        records = source.records.get(split, [])
+        n = max(1, min(options.num_shards or math.ceil(len(records) / RECORDS_PER_SHARD), len(records)))
+        finals = [shard_name(split, i, n) for i in range(n)]
+        temps = [os.path.join(output, f"{name}.tmp-{os.getpid()}") for name in finals]
+        results[split] = SplitResult(split, n, temps, finals,
+                                     skipped=[s for s in source.skipped if s.split == split])
+        tasks += _image_tasks(records, split)
+    try:
+        for split, result in results.items():
+            writers[split] = [tf.io.TFRecordWriter(p) for p in result.temp_paths]
+        total = sum(len(t.records) for t in tasks)
+        for image in _run_tasks(tasks, source.spec.names, options, total):
+            result = results[image.split]
+            for example in image.examples:
+                writers[image.split][result.count % result.num_shards].write(example)
+                result.count += 1
+            result.skipped += image.skipped
+            result.reencoded += image.reencoded
+        for ws in writers.values():
+            for w in ws:
+                w.close()
+    except BaseException:
+        for ws in writers.values():
+            for w in ws:
+                w.close()
+        for result in results.values():
+            result.discard()
+        raise
+    return results
+
+
+def _run_tasks(tasks: list[ImageTask], names, options: ConvertOptions, total: int):
+    """Yield ImageResults in task order, from a pool of spawned workers (or in-process)."""
+    from tqdm import tqdm
+    workers = options.num_workers or available_cpus()
+    workers = max(1, min(workers, len(tasks)))
+    bar = tqdm(total=total, unit="rec", file=sys.stderr, desc="converting",
+               disable=options.quiet or not sys.stderr.isatty())
+    try:
+        if workers == 1:
+            for task in tasks:
+                result = process_image(task, tuple(names))
+                bar.update(len(task.records))
+                yield result
+            return
+        ctx = multiprocessing.get_context("spawn")
+        chunk = max(1, min(16, len(tasks) // (workers * 8)))
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(tuple(names),)) as pool:
+            for task, result in zip(tasks, pool.imap(process_image, tasks, chunksize=chunk)):
+                bar.update(len(task.records))
+                yield result
+    finally:
+        bar.close()
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _remove_stale_temps(output: str, splits: list[str]) -> None:
+    """Temporary shards left by a killed run into this folder."""
+    for split in splits:
+        for path in glob.glob(os.path.join(output, f"{split}-*-of-*.tfrecord.tmp-*")):
+            os.remove(path)
+
+
+# ----------------------------------------------------------------------------- dataset_info
+
+
+def _count_reasons(skipped: list[Skip]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in skipped:
+        counts[s.reason] = counts.get(s.reason, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _merge_info(existing: Optional[dict], spec: KeypointSpec, files: dict, fmt: str, annotations: str,
+                images: str, options: ConvertOptions, source: SourceData,
+                results: dict[str, SplitResult]) -> dict:
+    """dataset_info.json: the existing splits kept, this run's splits replaced or added."""
+    src = {"format": fmt, "annotations": os.path.abspath(annotations), "images": os.path.abspath(images)}
+    splits = dict((existing or {}).get("splits", {}))
+    for split, r in results.items():
+        splits[split] = {
+            "count": r.count,
+            "num_shards": len(r.final_names),
+            "shards": r.final_names,
+            "source": src,
+            "box_padding": options.box_padding,
+            "skipped": {"total": len(r.skipped), "by_reason": _count_reasons(r.skipped),
+                        "records": [s.to_dict() for s in r.skipped]},
+            "reencoded": {"total": len(r.reencoded), "records": r.reencoded},
+            "unlabelled_points": dict(source.unlabelled_points),
+            "notes": list(source.notes),
+        }
+    splits = dict(sorted(splits.items()))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "num_keypoints": spec.num_keypoints,
+        **spec.to_dict(),
+        "keypoint_files": {k: os.path.abspath(v) for k, v in files.items()},
+        "counts": {k: v["count"] for k, v in splits.items()},
+        "source": src,
+        "skipped": {k: v["skipped"]["by_reason"] for k, v in splits.items()},
+        "splits": splits,
+    }
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def verify_dataset(output: str) -> list[str]:
+    """Read every shard back; a list of problems (empty when the records match
+    dataset_info.json: shard files, record counts, and every record parses)."""
+    import json
+
+    import tensorflow as tf
+    path = os.path.join(output, INFO_NAME)
+    if not os.path.isfile(path):
+        return [f"{path} not found"]
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    features = _verify_features(len(info["keypoint_names"]))
+    problems = []
+    on_disk: dict[str, set] = {}
+    for p in glob.glob(os.path.join(output, "*-of-*.tfrecord")):
+        m = re.fullmatch(SHARD_RE, os.path.basename(p))
+        if m:
+            on_disk.setdefault(m["split"], set()).add(os.path.basename(p))
+    for split in sorted(set(info.get("splits", {})) | set(on_disk)):
+        entry = info.get("splits", {}).get(split)
+        if entry is None:
+            problems.append(f"{split}: shards {sorted(on_disk[split])} are not in {INFO_NAME}")
+            continue
+        listed = set(entry["shards"])
+        if listed != on_disk.get(split, set()):
+            problems.append(f"{split}: {INFO_NAME} lists {sorted(listed)}, the folder has "
+                            f"{sorted(on_disk.get(split, set()))}")
+            continue
+        count = 0
+        for name in sorted(listed):
+            n, error = _read_shard(tf, os.path.join(output, name), features)
+            count += n
+            if error:
+                problems.append(f"{split}/{name}: {error}")
+        if count != info["counts"].get(split):
+            problems.append(f"{split}: {count} records in the shards, {INFO_NAME} says "
+                            f"{info['counts'].get(split)}")
+    return problems
+
+
+def _verify_features(k: int) -> dict:
+    import tensorflow as tf
+
+    from pipeline import schema as s
+    fixed = tf.io.FixedLenFeature
+    return {
+        s.ENCODED: fixed([], tf.string), s.FORMAT: fixed([], tf.string),
+        s.HEIGHT: fixed([], tf.int64), s.WIDTH: fixed([], tf.int64), s.SOURCE_ID: fixed([], tf.string),
+        s.HG_X: fixed([k], tf.float32), s.HG_Y: fixed([k], tf.float32),
+        s.KP_VISIBILITY: fixed([k], tf.int64), s.HG_CENTER: fixed([2], tf.float32),
+        s.HG_SCALE: fixed([], tf.float32), s.HG_BBOX: fixed([4], tf.float32),
+        s.HG_HEAD_SIZE: fixed([], tf.float32), s.HG_ANNOTATION_ID: fixed([], tf.int64),
+        s.VERSION: fixed([], tf.int64),
+    }
+
+
+def _read_shard(tf, path: str, features: dict) -> tuple[int, Optional[str]]:
+    """(records read, first problem or None) of one shard."""
+    count = 0
+    try:
+        for batch in tf.data.TFRecordDataset(path).batch(256):
+            try:
+                parsed = tf.io.parse_example(batch, features)
+            except tf.errors.InvalidArgumentError as e:
+                return count, f"a record near #{count} does not parse: {e.message.splitlines()[0]}"
+            version = parsed["image/hg/schema_version"].numpy()
+            if np.any(version != SCHEMA_VERSION):
+                return count, f"schema version {sorted(set(version.tolist()))}, expected {SCHEMA_VERSION}"
+            count += int(batch.shape[0])
+    except tf.errors.OpError as e:
+        return count, f"unreadable after {count} records ({type(e).__name__}: {e.message.splitlines()[0]})"
+    return count, None
