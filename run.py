@@ -131,8 +131,12 @@ def main(argv=None) -> int:
     except cli.UsageError as e:
         print(f"run.py {args.mode}: error: {e}", file=sys.stderr)
         return 2
-    if result is not None and args.mode == "eval":
+    if args.mode == "eval":
         print(json.dumps(result, indent=2))
+    elif args.mode == "predict":
+        print(f"{result['frames']} frame(s) in {result['seconds']} s ({result['fps']} fps)"
+              + (f" -> {', '.join(result['outputs'][:3])}" + (" ..." if len(result['outputs']) > 3 else "")
+                 if result["outputs"] else ""))
     return 0
 
 

@@ -2,8 +2,8 @@
 
     .venv/bin/python -m benchmarks.convert [--repeat 8]
 
-The 30-image subset is small, so its annotations are repeated ``--repeat`` times (new
-image and annotation ids, the same image files) to measure more than process start-up.
+The 30-image subset is small, so it is repeated ``--repeat`` times (new image and annotation
+ids, new file names linked to the same files) to measure more than process start-up.
 Timings include starting the worker processes and writing the shards, not importing TF.
 Everything is written to a temporary folder that is removed afterwards.
 """
@@ -22,17 +22,25 @@ COCO = os.path.join(REPO, "..", "shared", "data", "coco_val_mini")
 ANNOTATIONS = os.path.join(COCO, "annotations", "person_keypoints_val2017_mini.json")
 
 
-def repeated_annotations(path: str, repeat: int, out_path: str) -> None:
-    """The COCO json with its images and annotations listed `repeat` times under new ids."""
+def repeated_dataset(path: str, images: str, repeat: int, out_dir: str) -> tuple[str, str]:
+    """The COCO json with its images and annotations listed `repeat` times under new ids and
+    new file names (symlinks to the same files, so that every copy is read and decoded)."""
     with open(path) as f:
         data = json.load(f)
-    images, anns = [], []
+    image_dir = os.path.join(out_dir, "images")
+    os.makedirs(image_dir)
+    new_images, anns = [], []
     for r in range(repeat):
         offset = r * 10_000_000
-        images += [dict(i, id=i["id"] + offset) for i in data["images"]]
+        for i in data["images"]:
+            name = f"r{r:03d}_{i['file_name']}"
+            os.symlink(os.path.abspath(os.path.join(images, i["file_name"])), os.path.join(image_dir, name))
+            new_images.append(dict(i, id=i["id"] + offset, file_name=name))
         anns += [dict(a, id=a["id"] + offset, image_id=a["image_id"] + offset) for a in data["annotations"]]
-    with open(out_path, "w") as f:
-        json.dump(dict(data, images=images, annotations=anns), f)
+    ann_path = os.path.join(out_dir, "person_keypoints_bench.json")
+    with open(ann_path, "w") as f:
+        json.dump(dict(data, images=new_images, annotations=anns), f)
+    return ann_path, image_dir
 
 
 def main(argv=None) -> None:
@@ -47,13 +55,12 @@ def main(argv=None) -> None:
     from pipeline.convert import ConvertOptions, available_cpus, convert_dataset
     cores = available_cpus()
     with tempfile.TemporaryDirectory() as tmp:
-        ann = os.path.join(tmp, "person_keypoints_bench.json")
-        repeated_annotations(ANNOTATIONS, args.repeat, ann)
+        ann, images = repeated_dataset(ANNOTATIONS, os.path.join(COCO, "images"), args.repeat, tmp)
         print(f"COCO subset x{args.repeat}, {cores} cores, {args.num_shards} shards")
         rates = {}
         for workers in (1, cores):
             start = time.perf_counter()
-            info = convert_dataset("coco", ann, os.path.join(COCO, "images"), os.path.join(tmp, f"w{workers}"),
+            info = convert_dataset("coco", ann, images, os.path.join(tmp, f"w{workers}"),
                                    split="train", num_shards=args.num_shards,
                                    options=ConvertOptions(num_workers=workers, quiet=True))
             seconds = time.perf_counter() - start

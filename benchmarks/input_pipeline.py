@@ -6,6 +6,7 @@
     rotation/scale/flip/translation, colour jitter, 17 Gaussian heatmaps at 256x256 input).
 Both run through the same ``InputReader`` (interleave, shuffle, parallel map, batch,
 prefetch, AUTOTUNE) on the same records, alternating rounds; the best round of each counts.
+CPU ms per example are printed too: on a shared machine they are steadier than examples/s.
 
     python -m benchmarks.input_pipeline [--tfrecords 'dir/train-*.tfrecord']
 
@@ -70,16 +71,18 @@ def floor_parse_fn(config):
     return parse
 
 
-def measure(dataset, batches: int, warmup: int = 3) -> float:
-    """Examples per second over ``batches`` batches after ``warmup``."""
+def measure(dataset, batches: int, warmup: int = 3) -> tuple[float, float]:
+    """(examples per second, process CPU ms per example) over ``batches`` batches after
+    ``warmup``. CPU time is less disturbed by other programs on a shared machine."""
     it = iter(dataset)
     for _ in range(warmup):
         next(it)
-    n, start = 0, time.perf_counter()
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
     for _ in range(batches):
         image, _ = next(it)
         n += int(image.shape[0])
-    return n / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return n / wall, 1e3 * cpu / n
 
 
 def main(argv=None) -> int:
@@ -93,28 +96,31 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from configs.keypoints import builtin_spec
-    from pipeline import decoder
-    from pipeline.input_reader import InputConfig, InputReader
+    from pipeline.input_reader import InputReader
     from pipeline.parser import Parser, ParserConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         pattern = args.tfrecords or write_coco_mini_records(tmp)
         config = ParserConfig()
         parser = Parser(config, builtin_spec("coco"))
-        reader_config = InputConfig(pattern, args.batch_size, is_training=True)
-        pipelines = {
-            "floor": InputReader(reader_config, decoder.decode, floor_parse_fn(config)).read(),
-            "full": InputReader(reader_config, decoder.decode, parser.parse_train).read(),
-        }
+        pipelines = {name: InputReader(pattern, fn, is_training=True, global_batch_size=args.batch_size)()
+                     for name, fn in (("floor", floor_parse_fn(config)), ("full", parser))}
         rates = {name: [] for name in pipelines}
+        cpu = {name: [] for name in pipelines}
         for r in range(args.rounds):
             for name, ds in pipelines.items():
-                rates[name].append(measure(ds, args.batches))
-                print(f"round {r}: {name} {rates[name][-1]:.1f} examples/s", flush=True)
+                rate, ms = measure(ds, args.batches)
+                rates[name].append(rate)
+                cpu[name].append(ms)
+                print(f"round {r}: {name} {rate:.1f} examples/s, {ms:.2f} CPU ms/example", flush=True)
     best = {name: max(v) for name, v in rates.items()}
+    least = {name: min(v) for name, v in cpu.items()}
     print(f"cpu_cores: {os.cpu_count()}  batch: {args.batch_size}  tf: {tf.__version__}")
-    print(f"floor (read+parse+jpeg decode+crop_and_resize): {best['floor']:.1f} examples/s")
-    print(f"full (train: warp+augment+17 heatmaps, 256x256): {best['full']:.1f} examples/s")
+    print(f"floor (read+parse+jpeg decode+crop_and_resize): {best['floor']:.1f} examples/s, "
+          f"{least['floor']:.2f} CPU ms/example")
+    print(f"full (train: warp+augment+17 heatmaps, 256x256): {best['full']:.1f} examples/s, "
+          f"{least['full']:.2f} CPU ms/example")
+    print(f"cpu_ratio (floor CPU ms / full CPU ms): {least['floor'] / least['full']:.3f}")
     print(f"ratio: {best['full'] / best['floor']:.3f}")
     return 0
 

@@ -10,7 +10,8 @@ json. Keypoints outside the crop have empty heatmaps (weight 0); they are output
 position clamped to the crop window, which is also what the ceiling assumes: the AP of the
 exact coordinates clamped to the crop window. All detections get score 1 and v = 1.
 
-    python -m benchmarks.oracle_ap --annotations ../shared/data/coco_val_mini/annotations/person_keypoints_val2017_mini.json \
+    python -m benchmarks.oracle_ap \
+        --annotations ../shared/data/coco_val_mini/annotations/person_keypoints_val2017_mini.json \
         --images ../shared/data/coco_val_mini/images
 
 prints ``oracle_AP_ceiling``, ``oracle_AP_argmax``, ``oracle_AP_quarter`` and, last,
@@ -145,22 +146,23 @@ def oracle_ap(annotations: str, images: str, input_size=(256, 256), stride: int 
     ds = ds.batch(batch_size)
 
     decode = tf.function(lambda hm: {m: codec.decode(hm, m)[0] for m in ("none", "quarter", "dark")})
-    image_ids, crop_gt, weights, inverse, decoded = [], [], [], [], {m: [] for m in ("none", "quarter", "dark")}
+    image_ids, crop_gt, weights, matrices = [], [], [], []
+    decoded = {m: [] for m in ("none", "quarter", "dark")}
     for labels in ds:
         image_ids += [int(s) for s in labels["source_id"].numpy()]
         crop_gt.append(labels["keypoints"].numpy())
         weights.append(labels["weights"].numpy())
-        inverse.append(affine.invert_np(labels["matrix"].numpy()))
+        matrices.append(labels["matrix"].numpy())
         for mode, xy in decode(labels["heatmaps"]).items():
             decoded[mode].append(xy.numpy())
     crop_gt = np.concatenate(crop_gt)
     weights = np.concatenate(weights)[..., np.newaxis] > 0
-    inverse = np.concatenate(inverse)
+    matrices = np.concatenate(matrices)
     window = np.array([input_size[1], input_size[0]], np.float64)
     clamped = np.clip(crop_gt, 0.0, window)
 
     def back(crop_xy):
-        return affine.transform_points_np(inverse, crop_xy)
+        return affine.to_original_np(matrices, crop_xy)
 
     out = {"num_persons": len(records), "skipped": skipped,
            "ceiling": _coco_ap(annotations, _results(image_ids, back(clamped)))}

@@ -162,6 +162,17 @@ def invert_np(matrix) -> np.ndarray:
     return out
 
 
+def to_original(matrix, crop_points) -> tf.Tensor:
+    """Crop-pixel points [..., N, 2] -> original-image pixels, for crop ``matrix`` [..., 3, 3]
+    (e.g. decoded heatmap coordinates and the eval label ``matrix``)."""
+    return transform_points(invert(matrix), crop_points)
+
+
+def to_original_np(matrix, crop_points) -> np.ndarray:
+    """NumPy twin of ``to_original`` (float64)."""
+    return transform_points_np(invert_np(matrix), crop_points)
+
+
 def sampling_transform(matrix) -> tf.Tensor:
     """The 8 ``ImageProjectiveTransformV3`` parameters [..., 8] for crop ``matrix``: they map
     an OUTPUT pixel index to the INPUT pixel index it samples (index = coordinate - 0.5)."""
@@ -203,14 +214,8 @@ def to_uint8(image) -> tf.Tensor:
     return tf.saturate_cast(image + 0.5, tf.uint8)
 
 
-def clamp_to_window(points, input_size: Sequence[int]) -> tf.Tensor:
-    """Clamp crop-pixel ``points`` [..., 2] to the crop window [0, W] x [0, H]."""
-    hi = tf.constant([float(input_size[1]), float(input_size[0])], tf.float32)
-    return tf.clip_by_value(tf.convert_to_tensor(points, tf.float32), 0.0, hi)
-
-
 __all__ = [
     "CROP_MODES", "frame_center_scale", "frame_center_scale_np", "crop_matrix", "crop_matrix_np",
-    "transform_points", "transform_points_np", "invert", "invert_np", "sampling_transform",
-    "warp_image", "to_uint8", "clamp_to_window",
+    "transform_points", "transform_points_np", "invert", "invert_np", "to_original", "to_original_np",
+    "sampling_transform", "warp_image", "to_uint8",
 ]

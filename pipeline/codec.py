@@ -21,10 +21,12 @@ Decoding (``decode``, TF ops on [..., h, w, K]): argmax (first maximum) plus
 - ``"quarter"``: a quarter cell toward the higher neighbour on each axis (classic hourglass);
 - ``"dark"``: DARK (distribution-aware) refinement: Gaussian-smooth the heatmap (sigma =
   the codec's sigma), take the log, and move by ``-H^-1 g`` (Taylor expansion with central
-  first and second differences at the maximum), clipped to one cell. Exact for a Gaussian
-  target away from the border; the property test shows < 0.05 cell error.
-Refinement needs neighbours: on the outermost ring of cells an axis without both
-neighbours keeps the cell centre (the other axis is still refined).
+  first and second differences), at most one cell from the argmax. Within the blur radius
+  of the border the raw log-heatmap is used (zero padding would bias the blur there), and
+  on the outermost ring the 3x3 stencil moves one cell inward; so a Gaussian target decodes
+  to its centre anywhere on the grid (tests/test_codec.py: < 0.05 cell; 1e-5 px on COCO).
+``"quarter"`` refines an axis only where the argmax has both neighbours on it (not on the
+outermost ring, where it keeps the cell centre).
 The confidence of a joint is its heatmap maximum (0 for an empty channel, whose coordinate
 is then meaningless: the top-left cell).
 

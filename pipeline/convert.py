@@ -33,8 +33,10 @@ folder adds it to dataset_info.json; converting a split again replaces that spli
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
+import itertools
 import math
 import multiprocessing
 import os
@@ -46,12 +48,13 @@ import numpy as np
 
 from configs import KeypointSpec, atomic_write_json, builtin_paths, load_keypoint_spec
 from pipeline.schema import SCHEMA_VERSION, PersonRecord
-from pipeline.sources import ConversionError, ReaderOptions, SourceData, Skip, validate_split_name
+from pipeline.sources import ConversionError, ReaderOptions, Skip, SourceData, validate_split_name
 
 FORMATS = ("coco", "mpii", "custom", "dlc")
 INFO_NAME = "dataset_info.json"
 SPEC_PREFIX = "keypoints"              # keypoints_classes.txt etc. beside the records
 RECORDS_PER_SHARD = 1000               # automatic shard count: ceil(records / this)
+IMAGES_IN_FLIGHT_PER_WORKER = 16       # read-ahead of the worker pool
 SHARD_RE = r"(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord"
 
 
@@ -402,6 +405,8 @@ class SplitResult:
             self.final_names = []
         else:
             for tmp, name in zip(self.temp_paths, self.final_names):
+                with open(tmp, "rb+") as f:       # on disk before it gets its final name
+                    os.fsync(f.fileno())
                 os.replace(tmp, os.path.join(output, name))
         keep = set(self.final_names)
         for path in glob.glob(os.path.join(output, f"{self.split}-*-of-*.tfrecord")):
@@ -476,9 +481,18 @@ def _run_tasks(tasks: list[ImageTask], names, options: ConvertOptions, total: in
                 yield result
             return
         ctx = multiprocessing.get_context("spawn")
-        chunk = max(1, min(16, len(tasks) // (workers * 8)))
         with ctx.Pool(workers, initializer=_init_worker, initargs=(tuple(names),)) as pool:
-            for task, result in zip(tasks, pool.imap(process_image, tasks, chunksize=chunk)):
+            # At most `window` images in flight: memory stays bounded when writing is slower.
+            window = workers * IMAGES_IN_FLIGHT_PER_WORKER
+            pending: collections.deque = collections.deque()
+            todo = iter(tasks)
+            for task in itertools.islice(todo, window):
+                pending.append((task, pool.apply_async(process_image, (task,))))
+            while pending:
+                task, future = pending.popleft()
+                result = future.get()
+                for nxt in itertools.islice(todo, 1):
+                    pending.append((nxt, pool.apply_async(process_image, (nxt,))))
                 bar.update(len(task.records))
                 yield result
     finally:

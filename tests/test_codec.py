@@ -115,3 +115,24 @@ def test_rejects_bad_settings():
         CODEC.decode(tf.zeros([64, 48, 1]), "argmax")
     with pytest.raises(ValueError, match="expects"):
         CODEC.decode(tf.zeros([64, 64, 1]), "none")
+
+
+def test_decode_runs_in_a_tflite_model():
+    """The decoder's ops convert to TFLite and give the same coordinates there."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    class Decode(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 64, 48, 3], tf.float32)])
+        def __call__(self, heatmaps):
+            coords, confidence = CODEC.decode(heatmaps, "dark")
+            return {"coords": coords, "confidence": confidence}
+
+    module = Decode()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.__call__.get_concrete_function()], module)
+    interpreter = Interpreter(model_content=converter.convert())
+    kp = np.array([[[20.3, 30.1], [100.9, 7.2], [150.0, 250.4]]], np.float32)
+    heatmaps, _ = CODEC.encode(kp, np.full((1, 3), 2))
+    out = interpreter.get_signature_runner()(heatmaps=heatmaps.numpy())
+    np.testing.assert_allclose(out["coords"], kp, atol=0.02)
+    np.testing.assert_allclose(out["confidence"], CODEC.decode(heatmaps)[1].numpy(), atol=1e-6)

@@ -58,7 +58,7 @@ def load_coco():
 
 
 @pytest.fixture(scope="module")
-def coco_records(tmp_path_factory):
+def coco_converted(tmp_path_factory):
     if not os.path.isfile(COCO_JSON):
         pytest.skip(f"shared data not found: {COCO_JSON}")
     out = str(tmp_path_factory.mktemp("coco") / "records")
@@ -69,8 +69,8 @@ def coco_records(tmp_path_factory):
 # ----------------------------------------------------------------------------- COCO
 
 
-def test_coco_writes_one_example_per_usable_person_with_exact_values(coco_records):
-    out, info = coco_records
+def test_coco_writes_one_example_per_usable_person_with_exact_values(coco_converted):
+    out, info = coco_converted
     data = load_coco()
     anns = {a["id"]: a for a in data["annotations"]}
     images = {i["id"]: i for i in data["images"]}
@@ -80,7 +80,8 @@ def test_coco_writes_one_example_per_usable_person_with_exact_values(coco_record
     assert len(examples) == len(usable) == info["counts"]["val"]
     assert info["splits"]["val"]["skipped"]["by_reason"] == {
         "no_labelled_keypoints": len(data["annotations"]) - len(usable)}
-    assert sorted(int(feat(e, schema.HG_ANNOTATION_ID)[0]) for e in examples) == sorted(a["id"] for a in usable)
+    written_ids = sorted(int(feat(e, schema.HG_ANNOTATION_ID)[0]) for e in examples)
+    assert written_ids == sorted(a["id"] for a in usable)
     for e in examples:
         ann = anns[feat(e, schema.HG_ANNOTATION_ID)[0]]
         img = images[ann["image_id"]]
@@ -132,8 +133,9 @@ def test_mpii_mmpose_json_values(tmp_path):
         joints = np.asarray(entry["joints"], np.float64)
         labelled = (np.asarray(entry["joints_vis"]) > 0) & np.all(joints > 0, axis=1)
         assert feat(e, schema.KP_VISIBILITY) == np.where(labelled, 2, 0).tolist()
-        assert np.array_equal(np.float32(feat(e, schema.HG_X)), np.float32(np.where(labelled, joints[:, 0] - 0.5, 0)))
-        assert np.array_equal(np.float32(feat(e, schema.HG_Y)), np.float32(np.where(labelled, joints[:, 1] - 0.5, 0)))
+        expected = np.float32(np.where(labelled[:, None], joints - 0.5, 0.0))
+        assert np.array_equal(np.float32(feat(e, schema.HG_X)), expected[:, 0])
+        assert np.array_equal(np.float32(feat(e, schema.HG_Y)), expected[:, 1])
         cx, cy = entry["center"]
         s = entry["scale"]
         assert np.array_equal(np.float32(feat(e, schema.HG_CENTER)),
@@ -143,6 +145,36 @@ def test_mpii_mmpose_json_values(tmp_path):
         assert (feat(e, schema.WIDTH), feat(e, schema.HEIGHT)) == ([1280], [720])
         assert feat(e, schema.FILENAME) == [entry["image"].encode()]
         assert feat(e, schema.SOURCE_ID) == [str(int(entry["image"][:-4])).encode()]
+
+
+@needs_mpii
+def test_mpii_original_annotations_json_is_detected_by_its_keys(tmp_path):
+    """The original project's MPII annotations.json: joint_self, isValidation, head boxes."""
+    with open(os.path.join(MPII, "test_mpii_subset.json")) as f:
+        entries = json.load(f)
+    original = []
+    for i, e in enumerate(entries):
+        joints = [[x, y, v] if v else [1, 1, 0] for (x, y), v in zip(e["joints"], e["joints_vis"])]
+        joints[3][2] = 0                                  # labelled but occluded
+        original.append({"dataset": "MPI", "isValidation": int(i == 2), "img_paths": e["image"],
+                         "objpos": e["center"], "scale_provided": e["scale"], "joint_self": joints,
+                         "headboxes": [[100, 50], [160, 130]]})
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(original))
+    out = str(tmp_path / "out")
+    info = convert_dataset("mpii", str(path), os.path.join(MPII, "images"), out, options=SERIAL)
+    assert info["counts"] == {"train": 2, "val": 1}
+    got = {feat(e, schema.HG_ANNOTATION_ID)[0]: e for s in ("train", "val") for e in read_split(out, s)}
+    for i, e in enumerate(entries):
+        ex = got[i]
+        vis = feat(ex, schema.KP_VISIBILITY)
+        assert vis[3] == 1 and all(v == (2 if j != 3 and e["joints_vis"][j] else 0 if j != 3 else 1)
+                                   for j, v in enumerate(vis))
+        assert np.float32(feat(ex, schema.HG_X)[3]) == np.float32(e["joints"][3][0] - 0.5)
+        cx, cy = e["center"]
+        assert np.array_equal(np.float32(feat(ex, schema.HG_CENTER)),
+                              np.float32([cx - 0.5, cy - 0.5 + 15.0 * e["scale"]]))
+        assert np.float32(feat(ex, schema.HG_HEAD_SIZE)[0]) == np.float32(0.6 * 100.0)   # 0.6 * |(60, 80)|
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -256,9 +288,9 @@ def test_bmp_images_are_reencoded_to_png_and_listed(tmp_path):
     entry = dict(_custom_entry(ann, img), img_paths="person.bmp")
     (tmp_path / "a.json").write_text(json.dumps([entry]))
     out = str(tmp_path / "out")
+    classes = os.path.join(REPO, "configs", "coco_classes.txt")
     info = convert_dataset("custom", str(tmp_path / "a.json"), str(tmp_path / "images"), out,
-                           options=ConvertOptions(num_workers=1, quiet=True,
-                                                  classes_path=os.path.join(REPO, "configs", "coco_classes.txt")))
+                           options=ConvertOptions(num_workers=1, quiet=True, classes_path=classes))
     assert info["splits"]["train"]["reencoded"]["records"] == [
         {"file": "person.bmp", "record": "0", "from": "bmp", "to": "png"}]
     (e,) = read_split(out, "train")
@@ -298,7 +330,7 @@ def test_unusable_input_stops_before_anything_is_written(tmp_path):
 
 
 @needs_coco
-def test_adding_a_split_keeps_the_other_and_other_keypoints_are_refused(tmp_path, coco_records):
+def test_adding_a_split_keeps_the_other_and_other_keypoints_are_refused(tmp_path, coco_converted):
     out = str(tmp_path / "out")
     data = load_coco()
     first_half = dict(data, annotations=data["annotations"][:30])
@@ -306,7 +338,7 @@ def test_adding_a_split_keeps_the_other_and_other_keypoints_are_refused(tmp_path
     train = convert_dataset("coco", str(tmp_path / "train.json"), COCO_IMAGES, out, split="train",
                             num_shards=2, options=SERIAL)
     both = convert_dataset("coco", COCO_JSON, COCO_IMAGES, out, split="val", num_shards=1, options=SERIAL)
-    assert both["counts"] == {"train": train["counts"]["train"], "val": coco_records[1]["counts"]["val"]}
+    assert both["counts"] == {"train": train["counts"]["train"], "val": coco_converted[1]["counts"]["val"]}
     assert both["splits"]["train"] == train["splits"]["train"]
     assert len(read_split(out, "train")) == train["counts"]["train"]
     # re-converting a split replaces its shards: 2 -> 1 shard, the old ones are gone
@@ -328,19 +360,19 @@ def test_adding_a_split_keeps_the_other_and_other_keypoints_are_refused(tmp_path
 
 
 @needs_coco
-def test_same_input_same_bytes_serial_or_parallel(tmp_path, coco_records):
+def test_same_input_same_bytes_serial_or_parallel(tmp_path, coco_converted):
     out = str(tmp_path / "parallel")
     convert_dataset("coco", COCO_JSON, COCO_IMAGES, out, split="val", num_shards=3,
                     options=ConvertOptions(num_workers=2, quiet=True))
-    assert shard_bytes(out) == shard_bytes(coco_records[0])
+    assert shard_bytes(out) == shard_bytes(coco_converted[0])
     assert not glob.glob(os.path.join(out, "*.tmp-*"))
 
 
 @needs_coco
-def test_failed_run_leaves_the_folder_as_it_was(tmp_path, coco_records, monkeypatch):
+def test_failed_run_leaves_the_folder_as_it_was(tmp_path, coco_converted, monkeypatch):
     import pipeline.convert as convert
     out = str(tmp_path / "out")
-    shutil.copytree(coco_records[0], out)
+    shutil.copytree(coco_converted[0], out)
     stale = os.path.join(out, "val-00000-of-00003.tfrecord.tmp-999999")
     open(stale, "wb").write(b"half a shard")          # what a killed run leaves
     before = {p: open(os.path.join(out, p), "rb").read() for p in os.listdir(out) if ".tmp-" not in p}
@@ -361,7 +393,7 @@ def test_failed_run_leaves_the_folder_as_it_was(tmp_path, coco_records, monkeypa
 
 
 @needs_coco
-def test_cli_verify_and_exit_codes(tmp_path, coco_records):
+def test_cli_verify_and_exit_codes(tmp_path, coco_converted):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     out = str(tmp_path / "cli")
     cmd = [sys.executable, os.path.join(REPO, "convert_to_tfrecord.py"), "--format", "coco",
@@ -369,8 +401,8 @@ def test_cli_verify_and_exit_codes(tmp_path, coco_records):
            "--num_shards", "3", "--num_workers", "1", "--verify", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "val 40 records" in proc.stdout or f"val {coco_records[1]['counts']['val']} records" in proc.stdout
-    assert shard_bytes(out) == shard_bytes(coco_records[0])
+    assert f"val {coco_converted[1]['counts']['val']} records" in proc.stdout
+    assert shard_bytes(out) == shard_bytes(coco_converted[0])
     # a damaged shard is found by verify
     victim = os.path.join(out, "val-00001-of-00003.tfrecord")
     raw = open(victim, "rb").read()

@@ -2,8 +2,6 @@
 refused with its file and line, flip permutations are involutions."""
 from __future__ import annotations
 
-import os
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st

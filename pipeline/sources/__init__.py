@@ -155,6 +155,3 @@ def padded_center_scale(bbox, box_padding: float) -> tuple[tuple[float, float], 
     center, scale = box_to_center_scale(*[float(v) for v in bbox])
     return (float(center[0]), float(center[1])), float(scale) * box_padding
 
-
-def split_names(records: dict[str, list], skipped: list[Skip]) -> list[str]:
-    return sorted(set(records) | {s.split for s in skipped})

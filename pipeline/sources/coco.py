@@ -21,8 +21,17 @@ import numpy as np
 from configs import KeypointSpec
 from pipeline.schema import PersonRecord
 from pipeline.sources import (
-    ConversionError, ReaderOptions, SourceData, Skip, is_positive_number, load_json,
-    padded_center_scale, point_problem, resolve_image, split_from_filename)
+    ConversionError,
+    ReaderOptions,
+    Skip,
+    SourceData,
+    is_positive_number,
+    load_json,
+    padded_center_scale,
+    point_problem,
+    resolve_image,
+    split_from_filename,
+)
 
 
 def read_coco(annotations: str, images_dir: str, spec: KeypointSpec,
@@ -33,7 +42,8 @@ def read_coco(annotations: str, images_dir: str, spec: KeypointSpec,
             or not isinstance(data.get("images"), list):
         raise ConversionError(f"{annotations}: not a COCO json (needs 'images' and 'annotations' "
                               f"lists); for a list of records use --format custom or mpii")
-    categories = {c["id"]: c for c in data.get("categories", []) if isinstance(c, dict) and c.get("keypoints")}
+    categories = {c["id"]: c for c in data.get("categories", [])
+                  if isinstance(c, dict) and c.get("keypoints")}
     if not categories:
         raise ConversionError(f"{annotations}: no category with 'keypoints'; this is not a "
                               f"person_keypoints file")
@@ -93,7 +103,8 @@ def _record(ann, images, categories, images_dir, spec, options, annotations, spl
     except (TypeError, ValueError):
         return skip("bad_value", "keypoints are not numbers")
     if not np.all(np.isin(kp[:, 2], (0, 1, 2))):
-        return skip("bad_visibility", f"visibility values {sorted(set(kp[:, 2].tolist()))}; COCO uses 0, 1, 2")
+        values = sorted(set(kp[:, 2].tolist()))
+        return skip("bad_visibility", f"visibility values {values}; COCO uses 0, 1, 2")
     if not (kp[:, 2] > 0).any():
         return skip("no_labelled_keypoints", "no labelled keypoint (box-only instance)")
     problem = point_problem(kp)

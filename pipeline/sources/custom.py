@@ -44,8 +44,16 @@ from configs import KeypointSpec
 from pipeline.coords import from_one_based
 from pipeline.schema import PersonRecord
 from pipeline.sources import (
-    ConversionError, ReaderOptions, SourceData, Skip, image_ids, is_positive_number,
-    padded_center_scale, resolve_image, square_box)
+    ConversionError,
+    ReaderOptions,
+    Skip,
+    SourceData,
+    image_ids,
+    is_positive_number,
+    padded_center_scale,
+    resolve_image,
+    square_box,
+)
 
 MPII_CENTER_SHIFT = 15.0   # px per unit of scale, added to MPII's centre y
 HEAD_SIZE_FACTOR = 0.6     # PCKh: head size = 0.6 * head-box diagonal

@@ -39,8 +39,15 @@ from configs import KeypointSpec, KeypointSpecError, load_keypoint_spec
 from pipeline.coords import from_pixel_index
 from pipeline.schema import PersonRecord
 from pipeline.sources import (
-    ConversionError, ReaderOptions, SourceData, Skip, image_ids, padded_center_scale, point_problem,
-    resolve_image)
+    ConversionError,
+    ReaderOptions,
+    Skip,
+    SourceData,
+    image_ids,
+    padded_center_scale,
+    point_problem,
+    resolve_image,
+)
 
 MIN_BOX_SIDE = 32.0   # px: the smallest side of a box derived from labelled points
 CLASS_TEXT = "animal"
@@ -84,7 +91,8 @@ class _Header:
         if not individuals:
             raise ConversionError(f"{path}: the header names no body part x/y columns")
         self.names = [p for ind, p in self.columns if ind == individuals[0]]
-        self.individuals = [i for i in individuals if [p for ind, p in self.columns if ind == i] == self.names]
+        parts_of = {i: [p for ind, p in self.columns if ind == i] for i in individuals}
+        self.individuals = [i for i in individuals if parts_of[i] == self.names]
         self.ignored = [i for i in individuals if i not in self.individuals]
 
 

@@ -26,8 +26,17 @@ from configs import KeypointSpec
 from pipeline.coords import from_one_based
 from pipeline.schema import PersonRecord
 from pipeline.sources import (
-    ConversionError, ReaderOptions, SourceData, Skip, image_ids, is_positive_number, load_json,
-    resolve_image, split_from_filename, square_box)
+    ConversionError,
+    ReaderOptions,
+    Skip,
+    SourceData,
+    image_ids,
+    is_positive_number,
+    load_json,
+    resolve_image,
+    split_from_filename,
+    square_box,
+)
 from pipeline.sources.custom import MPII_CENTER_SHIFT, read_custom
 
 
