@@ -136,7 +136,7 @@ def evaluate(args) -> dict:
         raise UsageError(f"{args.model_path} predicts {runner.num_keypoints} keypoints, the records "
                          f"have {spec.num_keypoints}")
     annotations = args.annotations
-    source = info.get("source", {})
+    source = info.get("splits", {}).get(args.split, {}).get("source") or {}
     if annotations is None and source.get("format") == "coco":
         annotations = source.get("annotations")
     crop_mode = args.crop_mode or info.get("crop_mode", "box")

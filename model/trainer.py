@@ -289,6 +289,18 @@ class Trainer:
 
         num_stacks = self.cfg.num_stacks
 
+        moving = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+
+        def replica_sync_moving_statistics():
+            # Keras 3 updates BatchNorm moving statistics per replica, so replicas drift
+            # apart; their mean is exactly the moving average of the global-batch statistics.
+            flat = tf.concat([tf.reshape(tf.cast(v.value, tf.float32), [-1]) for v in moving], 0)
+            flat = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, flat)
+            for v, part in zip(moving, tf.split(flat, [int(np.prod(v.shape)) for v in moving])):
+                v.assign(tf.cast(tf.reshape(part, v.shape), v.dtype))
+
+        sync = strategy.num_replicas_in_sync > 1 and bool(moving)
+
         @tf.function
         def train_loop(iterator, num_steps):
             total = tf.constant(0.0)
@@ -298,6 +310,8 @@ class Trainer:
                 total += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
                 stacks += strategy.reduce(tf.distribute.ReduceOp.SUM, stack_losses, axis=None)
                 self.step.assign_add(1)
+            if sync:
+                strategy.run(replica_sync_moving_statistics)
             n = tf.cast(num_steps, tf.float32)
             return total / n, stacks / n
 

@@ -221,6 +221,32 @@ def test_corrupt_truncated_missing_and_resized_images_are_skipped_and_listed(tmp
     assert info["counts"]["train"] == len(read_split(out, "train")) == usable - lost
 
 
+@needs_coco
+def test_coco_reader_skips_crowd_nan_negative_and_bad_annotations(tmp_path):
+    from pipeline.convert import read_source
+    data = load_coco()
+    usable = [a for a in data["annotations"] if any(a["keypoints"][2::3])]
+    crowd, nan, negative, no_box, short, escape = usable[:6]
+    crowd["iscrowd"] = 1
+    i = nan["keypoints"][2::3].index(2) * 3
+    nan["keypoints"][i] = float("nan")
+    j = negative["keypoints"][2::3].index(2) * 3
+    negative["keypoints"][j + 1] = -4.0
+    no_box["bbox"] = [10, 10, 0, 30]
+    short["keypoints"] = short["keypoints"][:-3]
+    image = next(im for im in data["images"] if im["id"] == escape["image_id"])
+    image["file_name"] = "../" + image["file_name"]
+    path = tmp_path / "anns.json"
+    path.write_text(json.dumps(data))
+    src = read_source("coco", str(path), COCO_IMAGES, ConvertOptions(split="train"))
+    by_id = {s.record: s.reason for s in src.skipped}
+    assert by_id[str(crowd["id"])] == "crowd" and by_id[str(nan["id"])] == "nan_coordinate"
+    assert by_id[str(negative["id"])] == "negative_coordinate" and by_id[str(no_box["id"])] == "empty_box"
+    assert by_id[str(short["id"])] == "wrong_keypoint_count" and by_id[str(escape["id"])] == "path_escape"
+    kept = {r.annotation_id for r in src.records["train"]}
+    assert kept == {a["id"] for a in usable[6:] if a["image_id"] != escape["image_id"]}
+
+
 def _custom_entry(ann, img, split=0):
     """An original-project json record (1-based coordinates) from a COCO annotation."""
     kp = np.asarray(ann["keypoints"], np.float64).reshape(-1, 3)

@@ -140,7 +140,7 @@ def test_sigkill_resume(synthetic_records, tmp_path):
     assert f"resumed from" in again.stdout and f"at step {killed_at}" in again.stdout
     final_step = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
     assert final_step == 24
-    lines = open(os.path.join(log_dir, "val.txt")).read().split()
+    lines = open(os.path.join(log_dir, "val.txt")).read().splitlines()
     assert lines[-1].startswith("Epoch 2:")
 
 

@@ -65,6 +65,11 @@ def read_custom(annotations: str, images_dir: str, spec: KeypointSpec, options: 
     if not isinstance(data, list) or not data:
         raise ConversionError(f"{annotations}: expected a non-empty json list of person records "
                               f"(dataset, isValidation, img_paths, objpos, scale_provided, joint_self)")
+    if not any(isinstance(e, dict) and "joint_self" in e for e in data):
+        first = next((e for e in data if isinstance(e, dict)), {})
+        hint = " (this is the mmpose MPII form: use --format mpii)" if "joints_vis" in first else ""
+        raise ConversionError(f"{annotations}: no record has 'joint_self'; the records have keys "
+                              f"{sorted(first)}{hint}")
     _check_keypoint_count(annotations, data, spec.num_keypoints)
     records: dict[str, list[PersonRecord]] = {}
     skipped: list[Skip] = []

@@ -1,0 +1,108 @@
+"""`python -m export`: a trainer's `.keras` model -> SavedModel / TFLite variants.
+
+    python -m export --model_path logs/000/final.keras --output_dir exported \\
+        --format saved_model tflite --quantize none float16 dynamic int8 \\
+        --representative records/ --num_calibration 200 --with_decoder
+
+Writes the models, a json beside each (model.runner.metadata_path) and export_manifest.json
+(read by `python -m export.verify`). Exit status 2 for a bad flag, path or model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+from export.convert import FORMATS, QUANTIZATIONS, ExportConfig, ExportError, check_model_path
+from export.records import RecordsError
+
+CALIBRATION_SPLITS = ("train", "val")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model_path", required=True, help="a .keras file written by the trainer")
+    p.add_argument("--output_dir", required=True, help="folder for the exported models")
+    p.add_argument("--format", nargs="+", choices=FORMATS, default=["tflite"],
+                   help="saved_model (float32, uint8 image input) and/or tflite (batch 1)")
+    p.add_argument("--quantize", nargs="+", choices=QUANTIZATIONS, default=["none"],
+                   help="TFLite modes: none (float32), float16, dynamic (int8 weights), int8 "
+                        "(full integer, needs --representative)")
+    p.add_argument("--representative", default=None,
+                   help="TFRecords folder (convert_to_tfrecord.py) for int8 calibration: crops "
+                        "of its train split (else val) through the eval parser")
+    p.add_argument("--num_calibration", type=int, default=100,
+                   help="calibration examples (default 100)")
+    p.add_argument("--with_decoder", action="store_true",
+                   help="also export models that end in the keypoint decoder (coordinates + "
+                        "confidence instead of heatmaps)")
+    return p
+
+
+def calibration_from_records(tfrecords: str, num_examples: int, model, metadata: dict):
+    """Calibration crops: the first `num_examples` eval crops of train (else val)."""
+    from configs import KeypointSpec
+    from export.convert import Calibration, model_geometry
+    from export.records import load_crops, pick_split
+
+    input_size, stride, _ = model_geometry(model)
+    spec = KeypointSpec.from_dict(metadata, "model metadata")
+    split = pick_split(tfrecords, CALIBRATION_SPLITS)
+    crops = load_crops(tfrecords, split, spec, input_size, stride,
+                       metadata.get("crop_mode", "box"), metadata.get("padding", 1.25),
+                       max_examples=num_examples)
+    return Calibration(crops.images, tfrecords, split)
+
+
+def run(args) -> dict:
+    from export.convert import export_model, load_source
+    from export.records import read_info
+
+    config = ExportConfig(formats=tuple(args.format), quantizations=tuple(args.quantize),
+                          with_decoder=args.with_decoder)
+    model, metadata = load_source(args.model_path)
+    info = read_info(args.representative) if args.representative else None
+    if not metadata.get("keypoint_names") and info is not None:
+        print(f"note: no metadata json beside {args.model_path}; using the keypoint definition of "
+              f"{args.representative} and crop_mode 'box'", flush=True)
+        metadata = {k: info[k] for k in ("keypoint_names", "flip_pairs", "skeleton") if k in info}
+    calibration = None
+    if config.needs_calibration:
+        calibration = calibration_from_records(args.representative, args.num_calibration, model, metadata)
+        print(f"calibration: {len(calibration.images)} crops of {args.representative} "
+              f"({calibration.split})", flush=True)
+    return export_model(args.model_path, args.output_dir, config, calibration, metadata)
+
+
+def check_args(args) -> None:
+    """Cheap checks before TensorFlow is imported."""
+    check_model_path(args.model_path)
+    ExportConfig(tuple(args.format), tuple(args.quantize), args.with_decoder)
+    if args.num_calibration < 1:
+        raise ExportError(f"--num_calibration {args.num_calibration}: must be >= 1")
+    needs = "tflite" in args.format and "int8" in args.quantize
+    if needs and not args.representative:
+        raise ExportError("--quantize int8 needs --representative: a TFRecords folder written by "
+                          "convert_to_tfrecord.py (calibration uses its train split)")
+    if args.representative and not os.path.isfile(os.path.join(args.representative, "dataset_info.json")):
+        raise ExportError(f"--representative {args.representative}: no dataset_info.json there; "
+                          f"pass a folder written by convert_to_tfrecord.py")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        check_args(args)
+        manifest = run(args)
+    except (FileNotFoundError, ExportError, RecordsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(manifest['variants'])} model(s) in {args.output_dir}; manifest "
+          f"{os.path.join(args.output_dir, 'export_manifest.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""A trained `.keras` hourglass -> SavedModel and TFLite files, each with its metadata json.
+
+Every exported model keeps only the LAST stack's heatmaps and takes uint8 RGB pixels: the
+wrapper casts them to float and the model normalizes inside, so device code feeds the crop as
+it is. TFLite models have batch 1.
+
+Quantization modes (`QUANTIZATIONS`), TFLite only:
+- ``none``: float32.
+- ``float16``: float16 weights, float32 compute.
+- ``dynamic``: int8 weights, float activations (dynamic-range).
+- ``int8``: full integer (TFLITE_BUILTINS_INT8): int8 weights and activations, calibrated on
+  eval crops of real records; input uint8 pixels (not quantized: the cast is the model's first
+  op), output int8 heatmaps with a scale and zero point (in the metadata json).
+
+``with_decoder`` adds, for each TFLite mode, a ``*_decoder.tflite`` model that ends in the
+codec's decoder (``pipeline.codec.HeatmapCodec.decode``, 'quarter' refinement) and outputs
+``keypoints`` float32 [1, K, 2] (crop-input pixels) and ``confidence`` float32 [1, K]; the
+SavedModel gets a second signature ``keypoints`` with the same outputs.
+
+Converted with ``TFLiteConverter.from_keras_model`` (``from_concrete_functions`` fails on Keras 3
+models during calibration, see ../shared/reference/stack-facts.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import shutil
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from configs import atomic_write_json
+from model.runner import metadata_path, read_metadata, write_metadata
+
+FORMATS = ("saved_model", "tflite")
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+QUANT_NAMES = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
+DECODER_REFINE = "quarter"
+MANIFEST_NAME = "export_manifest.json"
+SAVED_MODEL_DIR = "saved_model"
+INPUT_NAME = "image"
+HEATMAP_NAME = "heatmaps"
+KEYPOINT_NAMES_OUT = ("keypoints", "confidence")
+
+
+class ExportError(ValueError):
+    """A model or option that cannot be exported; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What to write. `quantizations` apply to TFLite; the SavedModel is float32."""
+
+    formats: tuple[str, ...] = ("tflite",)
+    quantizations: tuple[str, ...] = ("none",)
+    with_decoder: bool = False
+
+    def __post_init__(self):
+        for name, values, allowed in (("format", self.formats, FORMATS),
+                                      ("quantize", self.quantizations, QUANTIZATIONS)):
+            if not values:
+                raise ExportError(f"--{name}: give at least one of {', '.join(allowed)}")
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                raise ExportError(f"--{name} {' '.join(bad)}: use {', '.join(allowed)}")
+        object.__setattr__(self, "formats", tuple(dict.fromkeys(self.formats)))
+        object.__setattr__(self, "quantizations", tuple(dict.fromkeys(self.quantizations)))
+
+    @property
+    def needs_calibration(self) -> bool:
+        return "tflite" in self.formats and "int8" in self.quantizations
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Calibration crops (uint8 [N, H, W, 3]) and where they came from."""
+
+    images: np.ndarray
+    tfrecords: str = ""
+    split: str = ""
+
+    def describe(self) -> dict:
+        return {"tfrecords": os.path.abspath(self.tfrecords) if self.tfrecords else None,
+                "split": self.split or None, "num_examples": int(len(self.images)),
+                "parser": "eval (Parser.parse_eval), batch 1"}
+
+
+# ----------------------------------------------------------------------------- source
+
+
+def check_model_path(model_path: str) -> None:
+    """A clear error for a missing file or one that is not a `.keras` file."""
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(f"--model_path {model_path}: no such file")
+    if os.path.isdir(model_path) or not model_path.endswith(".keras"):
+        raise ExportError(f"--model_path {model_path}: expected a .keras file written by the trainer "
+                          f"(e.g. logs/000/final.keras)")
+
+
+def load_source(model_path: str):
+    """(keras.Model, metadata dict) of a trainer's `.keras` file; metadata may be {}."""
+    import keras
+    check_model_path(model_path)
+    try:
+        model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as e:  # noqa: BLE001 - Keras raises many kinds for a bad file
+        raise ExportError(f"--model_path {model_path}: cannot be loaded as a Keras model "
+                          f"({type(e).__name__}: {e})") from e
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+        raise ExportError(f"{model_path}: expected one image input [B, H, W, 3], got "
+                          f"{[tuple(i.shape) for i in model.inputs]}")
+    return model, read_metadata(model_path)
+
+
+def model_geometry(model) -> tuple[tuple[int, int], int, int]:
+    """((H, W) input, stride, K) read from the model's input and last output."""
+    _, h, w, _ = model.inputs[0].shape
+    out = model.outputs[-1].shape
+    return (int(h), int(w)), int(h) // int(out[1]), int(out[-1])
+
+
+def last_stack(outputs):
+    """The last stack's heatmaps of a model call (Keras unwraps one-output lists)."""
+    return outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
+
+
+# ----------------------------------------------------------------------------- wrappers
+
+
+def _decoder_layer_class():
+    import keras
+
+    from pipeline.codec import HeatmapCodec
+
+    class KeypointDecoder(keras.layers.Layer):
+        """Heatmaps [B, h, w, K] -> (keypoints [B, K, 2] crop px, confidence [B, K])."""
+
+        def __init__(self, input_size, stride, refine=DECODER_REFINE, **kwargs):
+            super().__init__(**kwargs)
+            self.codec = HeatmapCodec(input_size, stride)
+            self.refine = refine
+
+        def call(self, heatmaps):
+            return self.codec.decode(heatmaps, refine=self.refine)
+
+        def compute_output_shape(self, shape):
+            return (shape[0], shape[-1], 2), (shape[0], shape[-1])
+
+    return KeypointDecoder
+
+
+def wrap_model(model, with_decoder: bool = False, batch_size: Optional[int] = None):
+    """keras.Model: uint8 `image` [B, H, W, 3] -> last-stack heatmaps (one output), or with
+    the decoder -> [keypoints [B, K, 2] crop px, confidence [B, K]]. B fixed when batch_size."""
+    import keras
+    (h, w), stride, _ = model_geometry(model)
+    image = keras.Input(shape=(h, w, 3), batch_size=batch_size, dtype="uint8", name=INPUT_NAME)
+    heatmaps = last_stack(model(keras.ops.cast(image, "float32")))
+    if not with_decoder:
+        return keras.Model(image, heatmaps, name=f"{model.name}_heatmaps")
+    coords, confidence = _decoder_layer_class()((h, w), stride, name="keypoint_decoder")(heatmaps)
+    return keras.Model(image, [coords, confidence], name=f"{model.name}_keypoints")
+
+
+# ----------------------------------------------------------------------------- SavedModel
+
+
+def export_saved_model(model, path: str, with_decoder: bool) -> None:
+    """SavedModel with signature `serving_default`: {image: uint8 [None, H, W, 3]} ->
+    {heatmaps: float32}; with the decoder also `keypoints` -> {keypoints, confidence}.
+    Written to a temporary folder and renamed into place."""
+    import keras
+    import tensorflow as tf
+    (h, w), stride, _ = model_geometry(model)
+    signature = [tf.TensorSpec([None, h, w, 3], tf.uint8, name=INPUT_NAME)]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def heatmaps(image):
+        return last_stack(model(tf.cast(image, tf.float32), training=False))
+
+    archive.add_endpoint("serving_default", lambda image: {HEATMAP_NAME: heatmaps(image)},
+                         input_signature=signature)
+    if with_decoder:
+        from pipeline.codec import HeatmapCodec
+        codec = HeatmapCodec((h, w), stride)
+
+        def keypoints(image):
+            coords, confidence = codec.decode(heatmaps(image), refine=DECODER_REFINE)
+            return dict(zip(KEYPOINT_NAMES_OUT, (coords, confidence)))
+
+        archive.add_endpoint("keypoints", keypoints, input_signature=signature)
+    tmp = f"{path.rstrip('/')}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        archive.write_out(tmp)
+    replace_dir(tmp, path)
+
+
+def replace_dir(tmp: str, path: str) -> None:
+    """Move folder `tmp` to `path`, replacing what was there (old folder renamed aside first)."""
+    old = None
+    if os.path.exists(path):
+        old = f"{path.rstrip('/')}.old-{os.getpid()}"
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- TFLite
+
+
+def representative_dataset(images: np.ndarray) -> Callable:
+    """Calibration generator: one uint8 crop [1, H, W, 3] at a time (batch 1)."""
+    def generate():
+        for image in images:
+            yield [np.asarray(image, np.uint8)[None]]
+    return generate
+
+
+def tflite_converter(keras_model, quantization: str, calibration: Optional[Calibration],
+                     float_output: bool):
+    """A configured TFLiteConverter for one quantization mode."""
+    import tensorflow as tf
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization == "int8":
+        if calibration is None or len(calibration.images) == 0:
+            raise ExportError("--quantize int8 needs calibration crops: pass --representative "
+                              "(a TFRecords folder) and --num_calibration > 0")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset(calibration.images)
+        converter.inference_input_type = tf.uint8
+        if float_output:
+            # the decoder's float tail (coordinates) runs as float builtins after int8 heatmaps
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                                   tf.lite.OpsSet.TFLITE_BUILTINS]
+        else:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_output_type = tf.int8
+    return converter
+
+
+def convert_tflite(model, quantization: str, calibration: Optional[Calibration],
+                   with_decoder: bool = False) -> bytes:
+    """Flatbuffer bytes of the batch-1 wrapper of `model` in one quantization mode."""
+    wrapper = wrap_model(model, with_decoder, batch_size=1)
+    converter = tflite_converter(wrapper, quantization, calibration, float_output=with_decoder)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return converter.convert()
+
+
+def tensor_details(details: list[dict]) -> list[dict]:
+    """Name, shape, dtype and quantization (scale, zero point; 0/0 = not quantized)."""
+    out = []
+    for d in details:
+        q = d.get("quantization_parameters", {})
+        scales, zeros = np.asarray(q.get("scales", [])), np.asarray(q.get("zero_points", []))
+        scale, zero = d["quantization"]
+        entry = {"name": d["name"], "shape": [int(v) for v in d["shape"]],
+                 "dtype": np.dtype(d["dtype"]).name, "scale": float(scale), "zero_point": int(zero)}
+        if scales.size > 1:
+            entry["per_channel_scales"] = scales.tolist()
+            entry["per_channel_zero_points"] = zeros.tolist()
+        out.append(entry)
+    return out
+
+
+def tflite_io(path_or_bytes) -> tuple[list[dict], list[dict]]:
+    """(inputs, outputs) details of a TFLite model, read with the LiteRT interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        interpreter = Interpreter(model_content=bytes(path_or_bytes))
+    else:
+        interpreter = Interpreter(model_path=path_or_bytes)
+    return (tensor_details(interpreter.get_input_details()),
+            tensor_details(interpreter.get_output_details()))
+
+
+def label_outputs(outputs: list[dict], with_decoder: bool) -> list[dict]:
+    """Give each output its role: heatmaps [1, h, w, K]; keypoints [1, K, 2]; confidence [1, K]."""
+    for o in outputs:
+        rank = len(o["shape"])
+        o["role"] = HEATMAP_NAME if rank == 4 else (
+            KEYPOINT_NAMES_OUT[0] if rank == 3 else KEYPOINT_NAMES_OUT[1])
+    if with_decoder:
+        outputs.sort(key=lambda o: KEYPOINT_NAMES_OUT.index(o["role"]))
+    return outputs
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def file_size(path: str) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(root, f))
+                   for root, _, files in os.walk(path) for f in files)
+    return os.path.getsize(path)
+
+
+def variant_metadata(source_meta: dict, model, fmt: str, quantization: str, with_decoder: bool,
+                     inputs: list[dict], outputs: list[dict],
+                     calibration: Optional[Calibration], source_path: str) -> dict:
+    """The json beside an exported model: the source's keypoint definition and crop settings,
+    plus format, quantization and the input/output tensors' dtype and quantization."""
+    (h, w), stride, k = model_geometry(model)
+    meta = dict(source_meta)
+    meta.update(input_size=[h, w], output_stride=stride, num_keypoints=k,
+                crop_mode=source_meta.get("crop_mode", "box"),
+                padding=source_meta.get("padding", 1.25),
+                input="RGB uint8 0-255 crop [B, H, W, 3], fed as is (normalized inside the model)",
+                format=fmt, quantization=QUANT_NAMES[quantization] if fmt == "tflite" else "float32",
+                source_model=os.path.abspath(source_path), inputs=inputs, outputs=outputs)
+    if with_decoder:
+        meta["decoder"] = {"refine": DECODER_REFINE, "keypoints": "crop-input pixels [K, 2] (x, y)",
+                           "confidence": "heatmap maximum [K]"}
+    if fmt == "tflite" and quantization == "int8" and calibration is not None:
+        meta["calibration"] = calibration.describe()
+    return meta
+
+
+def export_model(model_path: str, output_dir: str, config: ExportConfig,
+                 calibration: Optional[Calibration] = None, metadata: Optional[dict] = None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Write every requested variant into `output_dir` plus `export_manifest.json`; returns
+    the manifest. `metadata` replaces the source's json (used when it has none)."""
+    model, source_meta = load_source(model_path)
+    if metadata is not None:
+        source_meta = metadata
+    if not source_meta.get("keypoint_names"):
+        raise ExportError(f"{metadata_path(model_path)} not found or without keypoint names: the "
+                          f"trainer writes it beside the .keras file; copy it there or pass "
+                          f"--representative (its records' keypoint definition is used)")
+    if config.needs_calibration and calibration is None:
+        raise ExportError("--quantize int8 needs --representative (a TFRecords folder)")
+    os.makedirs(output_dir, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(model_path))[0]
+    variants = []
+
+    def add(path, fmt, quantization, with_decoder, inputs, outputs, seconds):
+        meta = variant_metadata(source_meta, model, fmt, quantization, with_decoder, inputs,
+                                outputs, calibration, model_path)
+        write_metadata(path, meta)
+        entry = {"name": os.path.basename(path.rstrip("/")), "path": os.path.relpath(path, output_dir),
+                 "format": fmt, "quantization": meta["quantization"], "decoder": with_decoder,
+                 "size_bytes": file_size(path),
+                 "metadata": os.path.relpath(metadata_path(path), output_dir),
+                 "seconds": round(seconds, 1)}
+        variants.append(entry)
+        log(f"wrote {path} ({entry['size_bytes'] / 1e6:.2f} MB, {entry['quantization']}"
+            f"{', decoder' if with_decoder else ''}, {seconds:.1f} s)")
+
+    if "saved_model" in config.formats:
+        path = os.path.join(output_dir, SAVED_MODEL_DIR)
+        started = time.time()
+        export_saved_model(model, path, config.with_decoder)
+        (h, w), stride, k = model_geometry(model)
+        inputs = [{"name": INPUT_NAME, "shape": [-1, h, w, 3], "dtype": "uint8", "scale": 0.0,
+                   "zero_point": 0}]
+        outputs = [{"name": HEATMAP_NAME, "role": HEATMAP_NAME, "shape": [-1, h // stride, w // stride, k],
+                    "dtype": "float32", "scale": 0.0, "zero_point": 0, "signature": "serving_default"}]
+        if config.with_decoder:
+            outputs += [{"name": KEYPOINT_NAMES_OUT[0], "role": KEYPOINT_NAMES_OUT[0], "shape": [-1, k, 2],
+                         "dtype": "float32", "scale": 0.0, "zero_point": 0, "signature": "keypoints"},
+                        {"name": KEYPOINT_NAMES_OUT[1], "role": KEYPOINT_NAMES_OUT[1], "shape": [-1, k],
+                         "dtype": "float32", "scale": 0.0, "zero_point": 0, "signature": "keypoints"}]
+        add(path, "saved_model", "none", config.with_decoder, inputs, outputs, time.time() - started)
+
+    if "tflite" in config.formats:
+        for quantization in config.quantizations:
+            for with_decoder in (False, True) if config.with_decoder else (False,):
+                started = time.time()
+                data = convert_tflite(model, quantization, calibration, with_decoder)
+                suffix = "_decoder" if with_decoder else ""
+                path = os.path.join(output_dir, f"{stem}_{QUANT_NAMES[quantization]}{suffix}.tflite")
+                write_bytes_atomic(path, data)
+                inputs, outputs = tflite_io(data)
+                add(path, "tflite", quantization, with_decoder, inputs,
+                    label_outputs(outputs, with_decoder), time.time() - started)
+
+    manifest = {
+        "source_model": os.path.abspath(model_path),
+        "source_metadata": os.path.abspath(metadata_path(model_path)),
+        "source_size_bytes": file_size(model_path),
+        "formats": list(config.formats),
+        "quantizations": list(config.quantizations),
+        "with_decoder": config.with_decoder,
+        "calibration": calibration.describe() if calibration is not None else None,
+        "variants": variants,
+    }
+    atomic_write_json(os.path.join(output_dir, MANIFEST_NAME), manifest)
+    return manifest

@@ -1,0 +1,110 @@
+"""Crops from converted TFRecords through the real eval parser, for calibration and checks.
+
+The crops are exactly what evaluation feeds a model: `pipeline.decoder.decode` then
+`Parser.parse_eval` (crop mode, padding and input size from the model), uint8 RGB. So the
+int8 calibration, the verification and the device see the same pixels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from configs import KeypointSpec
+
+INFO_NAME = "dataset_info.json"
+
+
+class RecordsError(ValueError):
+    """A --representative / --tfrecords folder that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Crops:
+    """Eval crops of one split: images uint8 [N, H, W, 3]; labels in crop pixels."""
+
+    tfrecords: str
+    split: str
+    images: np.ndarray
+    keypoints: np.ndarray   # float32 [N, K, 2]
+    weights: np.ndarray     # float32 [N, K] (> 0: a target inside the crop)
+
+
+def read_info(tfrecords: str) -> dict:
+    """dataset_info.json of a folder written by convert_to_tfrecord.py."""
+    path = os.path.join(tfrecords, INFO_NAME)
+    if not os.path.isfile(path):
+        raise RecordsError(f"{path} not found: the folder must be written by "
+                           f"convert_to_tfrecord.py (TFRecords + dataset_info.json)")
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    if "keypoint_names" not in info:
+        raise RecordsError(f"{path}: no 'keypoint_names'; re-run convert_to_tfrecord.py")
+    return info
+
+
+def split_files(tfrecords: str, split: str) -> list[str]:
+    """Sorted shard files of one split; empty when the split does not exist."""
+    return sorted(glob.glob(os.path.join(tfrecords, f"{split}-*-of-*.tfrecord")))
+
+
+def pick_split(tfrecords: str, preferred: Sequence[str]) -> str:
+    """The first split of `preferred` that has shards (calibration: train, then val)."""
+    for split in preferred:
+        if split_files(tfrecords, split):
+            return split
+    raise RecordsError(f"{tfrecords}: no shards of split(s) {', '.join(preferred)} "
+                       f"(looked for <split>-*-of-*.tfrecord)")
+
+
+def check_spec(info: dict, spec: KeypointSpec, tfrecords: str) -> None:
+    """The records must have the model's keypoints, in the model's order."""
+    names = list(info["keypoint_names"])
+    if names != list(spec.names):
+        raise RecordsError(
+            f"{tfrecords}/{INFO_NAME} has {len(names)} keypoints ({', '.join(names)}) but the model "
+            f"has {spec.num_keypoints} ({', '.join(spec.names)}); use records converted with the "
+            f"model's keypoint files")
+
+
+def eval_dataset(tfrecords: str, split: str, spec: KeypointSpec, input_size: Sequence[int],
+                 stride: int, crop_mode: str, padding: float):
+    """tf.data of (image uint8 [H, W, 3], labels) from `split`, one example per record, records
+    drawn across shards in turn (the first N records cover every shard)."""
+    import tensorflow as tf
+
+    from pipeline import decoder
+    from pipeline.parser import Parser, ParserConfig
+
+    files = split_files(tfrecords, split)
+    if not files:
+        raise RecordsError(f"{tfrecords}: no {split} shards (looked for {split}-*-of-*.tfrecord)")
+    parser = Parser(ParserConfig(input_size=tuple(int(v) for v in input_size), stride=int(stride),
+                                 crop_mode=crop_mode, padding=float(padding)), spec)
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=len(files), block_length=1, deterministic=True)
+    return ds.map(lambda s: parser.parse_eval(decoder.decode(s)), num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=True)
+
+
+def load_crops(tfrecords: str, split: str, spec: KeypointSpec, input_size: Sequence[int],
+               stride: int, crop_mode: str, padding: float,
+               max_examples: Optional[int] = None) -> Crops:
+    """The first `max_examples` (all when None) eval crops of `split` in memory."""
+    check_spec(read_info(tfrecords), spec, tfrecords)
+    ds = eval_dataset(tfrecords, split, spec, input_size, stride, crop_mode, padding)
+    if max_examples is not None:
+        ds = ds.take(int(max_examples))
+    images, keypoints, weights = [], [], []
+    for image, labels in ds.batch(64):
+        images.append(image.numpy())
+        keypoints.append(labels["keypoints"].numpy())
+        weights.append(labels["weights"].numpy())
+    if not images:
+        raise RecordsError(f"{tfrecords}: the {split} split has no records")
+    return Crops(tfrecords, split, np.concatenate(images), np.concatenate(keypoints),
+                 np.concatenate(weights))
