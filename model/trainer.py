@@ -322,7 +322,7 @@ class Trainer:
             predictions = as_stack_list(model(images, training=False))
             per_example, _ = heatmap_loss_per_example(
                 labels["heatmaps"], labels["weights"], predictions)
-            coords, _ = codec.decode(predictions[-1])
+            coords, _ = codec.decode(predictions[-1], refine="dark")
             correct, total = pck_counts(coords, labels["keypoints"], labels["weights"], threshold)
             count = tf.cast(tf.shape(images)[0], tf.float32)
             return correct, total, tf.reduce_sum(per_example), count
@@ -404,7 +404,7 @@ class Trainer:
                              global_batch_size=self.cfg.num_summary_images, seed=self.cfg.seed)
         images, labels = next(iter(reader(None)))
         predictions = as_stack_list(self.model(images, training=False))
-        coords, conf = self.codec.decode(predictions[-1])
+        coords, conf = self.codec.decode(predictions[-1], refine="dark")
         drawn, maps = [], []
         for i in range(images.shape[0]):
             img = images[i].numpy()
