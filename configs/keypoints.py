@@ -82,7 +82,8 @@ class KeypointSpec:
         names = [canonical_name(x) for x in data["keypoint_names"]]
         return _build(
             names,
-            [(a, b, t, f"{source}:flip_pairs[{i}]") for i, (a, b, t) in enumerate(data.get("flip_pairs", []))],
+            [(a, b, t, f"{source}:flip_pairs[{i}]")
+             for i, (a, b, t) in enumerate(data.get("flip_pairs", []))],
             [(a, b, c, f"{source}:skeleton[{i}]") for i, (a, b, c) in enumerate(data.get("skeleton", []))],
             source,
         )

@@ -158,11 +158,19 @@ def wrap_model(model, with_decoder: bool = False, batch_size: Optional[int] = No
     import keras
     (h, w), stride, _ = model_geometry(model)
     image = keras.Input(shape=(h, w, 3), batch_size=batch_size, dtype="uint8", name=INPUT_NAME)
-    heatmaps = last_stack(model(keras.ops.cast(image, "float32")))
+    # The same layers (shared weights) re-applied to a uint8 input: a flat graph, not a model
+    # nested in a model, keeps the TFLite tensor names (stored in the file) short. The
+    # hourglass's first layer (Rescaling) casts the uint8 pixels to float.
+    first = next(layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer))
+    if not isinstance(first, keras.layers.Rescaling):
+        raise ExportError(f"model {model.name!r}: expected the hourglass's first layer to be "
+                          f"Rescaling (RGB 0-255 -> [-1, 1]); got {type(first).__name__}")
+    flat = keras.models.clone_model(model, input_tensors=image, clone_function=lambda layer: layer)
+    heatmaps = last_stack(flat.outputs)
     if not with_decoder:
-        return keras.Model(image, heatmaps, name=f"{model.name}_heatmaps")
-    coords, confidence = _decoder_layer_class()((h, w), stride, name="keypoint_decoder")(heatmaps)
-    return keras.Model(image, [coords, confidence], name=f"{model.name}_keypoints")
+        return keras.Model(image, heatmaps, name="hourglass")
+    coords, confidence = _decoder_layer_class()((h, w), stride, name="decoder")(heatmaps)
+    return keras.Model(image, [coords, confidence], name="hourglass")
 
 
 # ----------------------------------------------------------------------------- SavedModel

@@ -7,6 +7,13 @@
 `heatmap_loss` / `heatmap_loss_per_example` in `model.loss`.
 """
 from model.hourglass import (  # noqa: F401
-    HOURGLASS_POOLINGS, OUTPUT_STRIDE, SIZE_MULTIPLE, HourglassConfig, as_stack_list,
-    build_hourglass, count_trainable_parameters, hourglass_config)
+    HOURGLASS_POOLINGS,
+    OUTPUT_STRIDE,
+    SIZE_MULTIPLE,
+    HourglassConfig,
+    as_stack_list,
+    build_hourglass,
+    count_trainable_parameters,
+    hourglass_config,
+)
 from model.loss import heatmap_loss, heatmap_loss_per_example  # noqa: F401

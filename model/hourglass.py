@@ -18,8 +18,7 @@ import dataclasses
 import keras
 from keras import layers
 
-from model.blocks import (
-    apply_head_block, apply_hourglass_block, apply_stem_block)
+from model.blocks import apply_head_block, apply_hourglass_block, apply_stem_block
 
 OUTPUT_STRIDE = 4          # heatmap cell = 4x4 input pixels
 HOURGLASS_POOLINGS = 3     # 1/4 -> 1/32 inside each hourglass

@@ -26,7 +26,7 @@ other TF tools read our records. Pixel-unit values of our own live under
 | image/object/keypoint_hg/center | float | person centre [x, y] in pixels |
 | image/object/keypoint_hg/scale | float | side of the person's square box / 200 px |
 | image/object/keypoint_hg/bbox | float | person box [x, y, w, h] in pixels |
-| image/object/keypoint_hg/head_size | float | head size in px for PCKh (0.6·head-box diagonal), -1 if unknown |
+| image/object/keypoint_hg/head_size | float | PCKh head size px (0.6·head-box diagonal), -1 unknown |
 | image/object/keypoint_hg/annotation_id | int64 | COCO annotation id, or the record's index in its source |
 | image/hg/reencoded | int64 | 1 when the image bytes were re-encoded (not JPEG originally) |
 | image/hg/schema_version | int64 | SCHEMA_VERSION |

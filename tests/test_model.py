@@ -15,8 +15,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import (HourglassConfig, as_stack_list, build_hourglass, count_trainable_parameters, heatmap_loss,
-                   hourglass_config)
+from model import (
+    HourglassConfig,
+    as_stack_list,
+    build_hourglass,
+    count_trainable_parameters,
+    heatmap_loss,
+    hourglass_config,
+)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,8 +10,14 @@ import tensorflow as tf
 
 from configs.keypoints import KeypointSpec
 from pipeline import affine, decoder
-from pipeline.parser import (Parser, ParserConfig, color_jitter, crop_center_scale, draw_augmentation,
-                             flip_keypoints)
+from pipeline.parser import (
+    Parser,
+    ParserConfig,
+    color_jitter,
+    crop_center_scale,
+    draw_augmentation,
+    flip_keypoints,
+)
 
 NO_AUG = ParserConfig(scale_range=(1.0, 1.0), rotation_prob=0.0, flip_prob=0.0, vertical_flip_prob=0.0,
                       translate_frac=0.0, color_jitter=0.0)

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from pycocotools.coco import COCO
 
 from pipeline import synthetic
-from pipeline.synthetic import (KEYPOINT_NAMES, MARKER_COLOR, SyntheticConfig, generate_dataset,
-                                render_example)
+from pipeline.synthetic import KEYPOINT_NAMES, MARKER_COLOR, SyntheticConfig, generate_dataset, render_example
 
 SIZE = (160, 192)  # (H, W): not square, so a swapped height/width shows up
 # The official COCO person skeleton (1-based), written out independently of configs/.
