@@ -58,7 +58,8 @@ FIRST_HELD_OUT = 90                 # img0090 ... img0115 are held out
 MATCH_POINTS = "leftear,rightear,h\n"
 DEFAULT_INPUT = {"box": (128, 128), "frame": (192, 256)}
 WITHIN_PX = (5.0, 10.0)             # extra accuracy figures: fraction of points within these
-PLAN_SAFETY = 0.95                  # fraction of the measured rate the plan counts on
+PLAN_SAFETY = 0.9                   # fraction of the measured rate the plan counts on (the
+                                    # machine is shared: its load changes during a run)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,9 +231,10 @@ class RunTiming:
         return max(0.0, self.total_s - steady - sum(self.evals))
 
 
-def run_trainer(cfg, spec) -> tuple[dict, RunTiming]:
+def run_trainer(cfg, spec, weights_out: Optional[str] = None) -> tuple[dict, RunTiming]:
     """Build a Trainer, train, and time its parts (the bound train loop and evaluate are
-    wrapped with timers; the Trainer itself is unchanged)."""
+    wrapped with timers; the Trainer itself is unchanged). `weights_out` (``*.weights.h5``):
+    also save the trained weights there, which the next run loads without building a model."""
     import tensorflow as tf
 
     from model.trainer import Trainer, write_run_config
@@ -257,6 +259,10 @@ def run_trainer(cfg, spec) -> tuple[dict, RunTiming]:
 
     trainer._train_loop, trainer.evaluate = timed_loop, timed_evaluate
     summary = trainer.train()
+    if weights_out:
+        tmp = weights_out.replace(".weights.h5", f".tmp-{os.getpid()}.weights.h5")
+        trainer.model.save_weights(tmp)
+        os.replace(tmp, weights_out)
     timing.total_s = time.time() - started
     return summary, timing
 
@@ -279,14 +285,15 @@ def train_within_budget(recipe: Recipe, records: str, spec, out_dir: str, *, bud
     warm_cfg = train_config(recipe, records, os.path.join(out_dir, "warmup"),
                             steps_per_epoch=4 * loop, total_epoch=1, decay=None,
                             steps_per_loop=loop, verbose=False)
-    warm_summary, warm = run_trainer(warm_cfg, spec)
+    warm_weights = os.path.join(out_dir, "warmup", "warmup.weights.h5")
+    warm_summary, warm = run_trainer(warm_cfg, spec, weights_out=warm_weights)
     spe = plan_steps(budget_s, time.time() - started, warm, num_epochs)
     print(f"warm-up: {4 * loop} steps in {warm.total_s:.1f} s ({warm.steady_rate():.2f} steps/s "
           f"steady, {warm.overhead_s():.1f} s setup, {max(warm.evals or [0]):.1f} s per evaluation) "
           f"-> main run {num_epochs} x {spe} steps", flush=True)
     main_cfg = train_config(recipe, records, os.path.join(out_dir, "train"),
                             steps_per_epoch=spe, total_epoch=num_epochs, decay="cosine",
-                            weights_path=warm_summary["final_model"],
+                            weights_path=warm_weights,
                             steps_per_loop=min(50, spe))
     summary, timing = run_trainer(main_cfg, spec)
     total_steps = warm_summary["steps"] + summary["steps"]

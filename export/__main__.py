@@ -2,10 +2,13 @@
 
     python -m export --model_path logs/000/final.keras --output_dir exported \\
         --format saved_model tflite --quantize none float16 dynamic int8 \\
-        --representative records/ --num_calibration 200 --with_decoder
+        --representative records/ --num_calibration 200
+    python -m export --model_path logs/000/final.keras --output_dir exported \\
+        --quantize int8 --representative records/ --with_decoder
 
 Writes the models, a json beside each (model.runner.metadata_path) and export_manifest.json
-(read by `python -m export.verify`). Exit status 2 for a bad flag, path or model.
+(read by `python -m export.verify`; a second run into the folder adds to it). Exit status 2
+for a bad flag, path or model.
 """
 from __future__ import annotations
 
@@ -35,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_calibration", type=int, default=100,
                    help="calibration examples (default 100)")
     p.add_argument("--with_decoder", action="store_true",
-                   help="also export models that end in the keypoint decoder (coordinates + "
-                        "confidence instead of heatmaps)")
+                   help="TFLite models end in the keypoint decoder ('quarter'): outputs keypoints "
+                        "[1, K, 2] in crop pixels + confidence [1, K] instead of heatmaps "
+                        "(*_decoder.tflite); the SavedModel gets a 'keypoints' signature")
     return p
 
 

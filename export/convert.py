@@ -12,10 +12,14 @@ Quantization modes (`QUANTIZATIONS`), TFLite only:
   eval crops of real records; input uint8 pixels (not quantized: the cast is the model's first
   op), output int8 heatmaps with a scale and zero point (in the metadata json).
 
-``with_decoder`` adds, for each TFLite mode, a ``*_decoder.tflite`` model that ends in the
-codec's decoder (``pipeline.codec.HeatmapCodec.decode``, 'quarter' refinement) and outputs
-``keypoints`` float32 [1, K, 2] (crop-input pixels) and ``confidence`` float32 [1, K]; the
-SavedModel gets a second signature ``keypoints`` with the same outputs.
+``with_decoder``: the TFLite models end in the codec's decoder
+(``pipeline.codec.HeatmapCodec.decode``, 'quarter' refinement) and output ``keypoints``
+float32 [1, K, 2] (crop-input pixels) and ``confidence`` float32 [1, K] (named
+``*_decoder.tflite``; in int8 the heatmaps stay int8 and the decoder's few ops run in float);
+the SavedModel keeps ``serving_default`` (heatmaps) and gets a second signature ``keypoints``.
+
+Exporting again into the same folder (same source model) adds to its manifest, so heatmap and
+decoder models can live side by side.
 
 Converted with ``TFLiteConverter.from_keras_model`` (``from_concrete_functions`` fails on Keras 3
 models during calibration, see ../shared/reference/stack-facts.md).
@@ -391,26 +395,45 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
         add(path, "saved_model", "none", config.with_decoder, inputs, outputs, time.time() - started)
 
     if "tflite" in config.formats:
+        suffix = "_decoder" if config.with_decoder else ""
         for quantization in config.quantizations:
-            for with_decoder in (False, True) if config.with_decoder else (False,):
-                started = time.time()
-                data = convert_tflite(model, quantization, calibration, with_decoder)
-                suffix = "_decoder" if with_decoder else ""
-                path = os.path.join(output_dir, f"{stem}_{QUANT_NAMES[quantization]}{suffix}.tflite")
-                write_bytes_atomic(path, data)
-                inputs, outputs = tflite_io(data)
-                add(path, "tflite", quantization, with_decoder, inputs,
-                    label_outputs(outputs, with_decoder), time.time() - started)
+            started = time.time()
+            data = convert_tflite(model, quantization, calibration, config.with_decoder)
+            path = os.path.join(output_dir, f"{stem}_{QUANT_NAMES[quantization]}{suffix}.tflite")
+            write_bytes_atomic(path, data)
+            inputs, outputs = tflite_io(data)
+            add(path, "tflite", quantization, config.with_decoder, inputs,
+                label_outputs(outputs, config.with_decoder), time.time() - started)
 
-    manifest = {
+    manifest = merge_manifest(output_dir, model_path, variants, log)
+    manifest.update({
         "source_model": os.path.abspath(model_path),
         "source_metadata": os.path.abspath(metadata_path(model_path)),
         "source_size_bytes": file_size(model_path),
-        "formats": list(config.formats),
-        "quantizations": list(config.quantizations),
-        "with_decoder": config.with_decoder,
-        "calibration": calibration.describe() if calibration is not None else None,
-        "variants": variants,
-    }
+    })
+    if calibration is not None:
+        manifest["calibration"] = calibration.describe()
     atomic_write_json(os.path.join(output_dir, MANIFEST_NAME), manifest)
+    return manifest
+
+
+def merge_manifest(output_dir: str, model_path: str, variants: list[dict],
+                   log: Callable[[str], None]) -> dict:
+    """The folder's manifest with `variants` added (same path: replaced). A manifest of
+    another source model is replaced; a listed file that no longer exists is dropped."""
+    import json
+    path = os.path.join(output_dir, MANIFEST_NAME)
+    old = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old.get("source_model") != os.path.abspath(model_path):
+            log(f"note: {path} described exports of {old.get('source_model')}; it now lists only "
+                f"this run's models")
+            old = {}
+    new_paths = {v["path"] for v in variants}
+    kept = [v for v in old.get("variants", []) if v["path"] not in new_paths
+            and os.path.exists(os.path.join(output_dir, v["path"]))]
+    manifest = {k: v for k, v in old.items() if k != "variants"}
+    manifest["variants"] = kept + variants
     return manifest
