@@ -11,27 +11,36 @@ What it does, in order:
    img0090-img0115 to "val" (a generated ``--val_images`` list, ``held_out.txt``), with a
    match-point file ``leftear,rightear,h`` (seen from above, a mirror image swaps the ears).
    The list and the file are written into ``--out``.
-2. Trains with ``model.trainer.Trainer`` within ``--minutes`` of wall-clock time (CPU by
-   default): a short warm-up run at the full learning rate measures steps/s, setup and
-   evaluation time; the main run starts from the warm-up's weights and gets the number of
-   steps that fits the rest of the budget, with one cosine decay over all of them. With
-   ``--steps N`` it trains exactly N steps instead (no warm-up, no time planning).
-   The trainer reports the val PCK after each epoch (monitoring only: the model evaluated
-   below is always ``final.keras``, never a best-on-val pick).
+2. Trains with ``model.trainer.Trainer`` (unchanged) within ``--minutes`` of wall-clock time
+   (CPU unless TensorFlow sees a GPU): a short warm-up run at the full learning rate
+   measures steps/s, setup and evaluation time; the main run starts from the warm-up's
+   weights and gets the number of steps that fits the rest of the budget (at 90% of the
+   measured rate), with one cosine decay over all of them. ``train_seconds`` is the wall
+   time of both runs, model builds, tracing, checkpoints and per-epoch evaluations included
+   (conversion and the final evaluation are not). On a shared machine the load changes
+   during a run, so the run can end somewhat before or after the budget; the figure printed
+   is the measured one. With ``--steps N`` it trains exactly N steps instead (no warm-up, no
+   time planning). The trainer reports the val PCK after each epoch (monitoring only: the
+   model evaluated below is always ``final.keras``, never a best-on-val pick).
 3. Evaluates ``final.keras`` on the 26 held-out frames with ``model.evaluation.evaluate_model``
-   (through ``model.runner.load_runner``): mean / median / per-keypoint error in ORIGINAL
-   image pixels, the fraction of points within 5 and 10 px, and the PCK of the original
+   (through ``model.runner.load_runner``, DARK decoding), with and without the flip test
+   (headline: with it, as ``run.py eval --flip_test``): mean / median / per-keypoint error in
+   ORIGINAL image pixels, the fraction of points within 5 and 10 px, and the PCK of the original
    project (threshold 0.5 x 6.4·((H+W)/2)/256 heatmap cells, i.e. in crop-input pixels, so it
    is not comparable between input sizes or crop modes; the pixel errors are).
-4. Prints the baseline of always predicting each keypoint's mean TRAINING position
-   (about 139 px) beside the model's error, then machine-greppable ``key: value`` lines.
+4. Prints the baseline of always predicting each keypoint's mean TRAINING position (128 px
+   on the held-out frames; the data README's 139 px is all 116 frames against their own
+   mean, also printed) beside the model's error, then machine-greppable ``key: value``
+   lines, ending with ``heldout_mean_error_px``, ``heldout_median_error_px``,
+   ``heldout_pck`` and ``train_seconds``; everything also goes to ``OUT/learn_real.json``.
 
 Crop modes. ``--crop box`` (default) trains and evaluates on the converter's tight box around
 the LABELLED points, padded by the parser's 1.25: held-out evaluation crops from the
 labelled box, exactly as COCO's ground-truth-box evaluation does, so its error does not
 include finding the mouse in the frame. On unlabelled video there is no labelled box:
-prediction uses ``run.py predict --bbox x,y,w,h`` (a box from a detector or a previous frame)
-or the whole frame. ``--crop frame`` trains and evaluates on the whole frame letterboxed to
+prediction uses ``run.py predict --bbox x,y,w,h`` (a box from a detector or from the previous
+frame's keypoints) or, without --bbox, the whole frame, which a box-trained model has never
+seen at that zoom: for box-free use train with ``--crop frame``. ``--crop frame`` trains and evaluates on the whole frame letterboxed to
 the input (no box needed anywhere; default input 192x256 for the 4:3 frames).
 """
 from __future__ import annotations
@@ -68,7 +77,7 @@ class Recipe:
 
     crop_mode: str = "box"
     input_size: tuple[int, int] = (128, 128)
-    num_stacks: int = 2
+    num_stacks: int = 1
     tiny: bool = True                  # 128 channels instead of 256
     mobile: bool = False
     sigma: float = 2.0

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Optional
 
-from export.convert import FORMATS, QUANTIZATIONS, ExportConfig, ExportError, check_model_path
+from export.convert import FORMATS, QUANTIZATIONS, ExportConfig, ExportError, check_model_path, onnx_available
 from export.records import RecordsError
 
 CALIBRATION_SPLITS = ("train", "val")
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_path", required=True, help="a .keras file written by the trainer")
     p.add_argument("--output_dir", required=True, help="folder for the exported models")
     p.add_argument("--format", nargs="+", choices=FORMATS, default=["tflite"],
-                   help="saved_model (float32, uint8 image input) and/or tflite (batch 1)")
+                   help="saved_model (float32, uint8 image input), tflite (batch 1), onnx (float32, "
+                        "optional: needs tf2onnx installed)")
     p.add_argument("--quantize", nargs="+", choices=QUANTIZATIONS, default=["none"],
                    help="TFLite modes: none (float32), float16, dynamic (int8 weights), int8 "
                         "(full integer, needs --representative)")
@@ -83,6 +84,9 @@ def check_args(args) -> None:
     """Cheap checks before TensorFlow is imported."""
     check_model_path(args.model_path)
     ExportConfig(tuple(args.format), tuple(args.quantize), args.with_decoder)
+    if "onnx" in args.format and not onnx_available():
+        raise ExportError("--format onnx needs tf2onnx, an optional extra that is not installed: "
+                          "pip install tf2onnx onnx (checked with tf2onnx 1.17.0 and TF 2.21)")
     if args.num_calibration < 1:
         raise ExportError(f"--num_calibration {args.num_calibration}: must be >= 1")
     needs = "tflite" in args.format and "int8" in args.quantize

@@ -1,4 +1,4 @@
-"""A trained `.keras` hourglass -> SavedModel and TFLite files, each with its metadata json.
+"""A trained `.keras` hourglass -> SavedModel, TFLite (and optionally ONNX) files, each with its json.
 
 Every exported model keeps only the LAST stack's heatmaps and takes uint8 RGB pixels: the
 wrapper casts them to float and the model normalizes inside, so device code feeds the crop as
@@ -17,6 +17,11 @@ Quantization modes (`QUANTIZATIONS`), TFLite only:
 float32 [1, K, 2] (crop-input pixels) and ``confidence`` float32 [1, K] (named
 ``*_decoder.tflite``; in int8 the heatmaps stay int8 and the decoder's few ops run in float);
 the SavedModel keeps ``serving_default`` (heatmaps) and gets a second signature ``keypoints``.
+
+ONNX (``--format onnx``, float32, any batch, same input and outputs as the SavedModel's
+default signature, or the decoder's outputs) is an optional extra through tf2onnx, which is not
+a dependency of the project: tf2onnx 1.17.0 with onnx 1.23 converts these models under
+TF 2.21 / protobuf 7 and onnxruntime matches Keras within 1e-5.
 
 Exporting again into the same folder (same source model) adds to its manifest, so heatmap and
 decoder models can live side by side.
@@ -39,7 +44,7 @@ import numpy as np
 from configs import atomic_write_json
 from model.runner import metadata_path, read_metadata, write_metadata
 
-FORMATS = ("saved_model", "tflite")
+FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 QUANT_NAMES = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
 DECODER_REFINE = "quarter"
@@ -48,6 +53,7 @@ SAVED_MODEL_DIR = "saved_model"
 INPUT_NAME = "image"
 HEATMAP_NAME = "heatmaps"
 KEYPOINT_NAMES_OUT = ("keypoints", "confidence")
+ONNX_OPSET = 17
 
 
 class ExportError(ValueError):
@@ -56,7 +62,7 @@ class ExportError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """What to write. `quantizations` apply to TFLite; the SavedModel is float32."""
+    """What to write. `quantizations` apply to TFLite; SavedModel and ONNX are float32."""
 
     formats: tuple[str, ...] = ("tflite",)
     quantizations: tuple[str, ...] = ("none",)
@@ -180,36 +186,86 @@ def wrap_model(model, with_decoder: bool = False, batch_size: Optional[int] = No
 # ----------------------------------------------------------------------------- SavedModel
 
 
+def serving_functions(model, with_decoder: bool):
+    """(input signature [uint8 image [None, H, W, 3]], fn image -> {heatmaps} and, with the
+    decoder, fn image -> {keypoints, confidence}; else None), for SavedModel and ONNX."""
+    import tensorflow as tf
+    (h, w), stride, _ = model_geometry(model)
+    signature = [tf.TensorSpec([None, h, w, 3], tf.uint8, name=INPUT_NAME)]
+
+    def heatmaps(image):
+        return {HEATMAP_NAME: last_stack(model(tf.cast(image, tf.float32), training=False))}
+
+    if not with_decoder:
+        return signature, heatmaps, None
+    from pipeline.codec import HeatmapCodec
+    codec = HeatmapCodec((h, w), stride)
+
+    def keypoints(image):
+        coords, confidence = codec.decode(heatmaps(image)[HEATMAP_NAME], refine=DECODER_REFINE)
+        return dict(zip(KEYPOINT_NAMES_OUT, (coords, confidence)))
+
+    return signature, heatmaps, keypoints
+
+
+def float_io(model, with_decoder: bool, heatmap_signature: Optional[str] = None) -> tuple[list, list]:
+    """Metadata entries of a float model's input and outputs (batch -1 = any)."""
+    (h, w), stride, k = model_geometry(model)
+
+    def entry(name, shape, dtype, signature):
+        e = {"name": name, "role": name, "shape": shape, "dtype": dtype, "scale": 0.0, "zero_point": 0}
+        if signature:
+            e["signature"] = signature
+        return e
+
+    inputs = [entry(INPUT_NAME, [-1, h, w, 3], "uint8", None)]
+    inputs[0].pop("role")
+    outputs = []
+    if heatmap_signature or not with_decoder:
+        outputs.append(entry(HEATMAP_NAME, [-1, h // stride, w // stride, k], "float32", heatmap_signature))
+    if with_decoder:
+        signature = "keypoints" if heatmap_signature else None
+        outputs += [entry(KEYPOINT_NAMES_OUT[0], [-1, k, 2], "float32", signature),
+                    entry(KEYPOINT_NAMES_OUT[1], [-1, k], "float32", signature)]
+    return inputs, outputs
+
+
 def export_saved_model(model, path: str, with_decoder: bool) -> None:
     """SavedModel with signature `serving_default`: {image: uint8 [None, H, W, 3]} ->
     {heatmaps: float32}; with the decoder also `keypoints` -> {keypoints, confidence}.
     Written to a temporary folder and renamed into place."""
     import keras
-    import tensorflow as tf
-    (h, w), stride, _ = model_geometry(model)
-    signature = [tf.TensorSpec([None, h, w, 3], tf.uint8, name=INPUT_NAME)]
+    signature, heatmaps, keypoints = serving_functions(model, with_decoder)
     archive = keras.export.ExportArchive()
     archive.track(model)
-
-    def heatmaps(image):
-        return last_stack(model(tf.cast(image, tf.float32), training=False))
-
-    archive.add_endpoint("serving_default", lambda image: {HEATMAP_NAME: heatmaps(image)},
-                         input_signature=signature)
-    if with_decoder:
-        from pipeline.codec import HeatmapCodec
-        codec = HeatmapCodec((h, w), stride)
-
-        def keypoints(image):
-            coords, confidence = codec.decode(heatmaps(image), refine=DECODER_REFINE)
-            return dict(zip(KEYPOINT_NAMES_OUT, (coords, confidence)))
-
+    archive.add_endpoint("serving_default", heatmaps, input_signature=signature)
+    if keypoints is not None:
         archive.add_endpoint("keypoints", keypoints, input_signature=signature)
     tmp = f"{path.rstrip('/')}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     with contextlib.redirect_stdout(io.StringIO()):
         archive.write_out(tmp)
     replace_dir(tmp, path)
+
+
+def onnx_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("tf2onnx") is not None
+
+
+def export_onnx(model, path: str, with_decoder: bool, opset: int = ONNX_OPSET) -> None:
+    """ONNX (float32) through tf2onnx: input `image` uint8 [N, H, W, 3]; output `heatmaps`, or
+    with the decoder `keypoints` and `confidence`. An optional extra: needs tf2onnx installed."""
+    if not onnx_available():
+        raise ExportError("--format onnx needs tf2onnx (an optional extra, not installed): "
+                          "pip install tf2onnx onnx (checked with tf2onnx 1.17.0, TF 2.21)")
+    import tensorflow as tf
+    import tf2onnx
+    signature, heatmaps, keypoints = serving_functions(model, with_decoder)
+    fn = tf.function(keypoints if with_decoder else heatmaps, input_signature=signature,
+                     autograph=False)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
+    write_bytes_atomic(path, proto.SerializeToString())
 
 
 def replace_dir(tmp: str, path: str) -> None:
@@ -338,6 +394,7 @@ def variant_metadata(source_meta: dict, model, fmt: str, quantization: str, with
                 padding=source_meta.get("padding", 1.25),
                 input="RGB uint8 0-255 crop [B, H, W, 3], fed as is (normalized inside the model)",
                 format=fmt, quantization=QUANT_NAMES[quantization] if fmt == "tflite" else "float32",
+                batch=1 if fmt == "tflite" else "any",
                 source_model=os.path.abspath(source_path), inputs=inputs, outputs=outputs)
     if with_decoder:
         meta["decoder"] = {"refine": DECODER_REFINE, "keypoints": "crop-input pixels [K, 2] (x, y)",
@@ -382,17 +439,15 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
         path = os.path.join(output_dir, SAVED_MODEL_DIR)
         started = time.time()
         export_saved_model(model, path, config.with_decoder)
-        (h, w), stride, k = model_geometry(model)
-        inputs = [{"name": INPUT_NAME, "shape": [-1, h, w, 3], "dtype": "uint8", "scale": 0.0,
-                   "zero_point": 0}]
-        outputs = [{"name": HEATMAP_NAME, "role": HEATMAP_NAME, "shape": [-1, h // stride, w // stride, k],
-                    "dtype": "float32", "scale": 0.0, "zero_point": 0, "signature": "serving_default"}]
-        if config.with_decoder:
-            outputs += [{"name": KEYPOINT_NAMES_OUT[0], "role": KEYPOINT_NAMES_OUT[0], "shape": [-1, k, 2],
-                         "dtype": "float32", "scale": 0.0, "zero_point": 0, "signature": "keypoints"},
-                        {"name": KEYPOINT_NAMES_OUT[1], "role": KEYPOINT_NAMES_OUT[1], "shape": [-1, k],
-                         "dtype": "float32", "scale": 0.0, "zero_point": 0, "signature": "keypoints"}]
+        inputs, outputs = float_io(model, config.with_decoder, heatmap_signature="serving_default")
         add(path, "saved_model", "none", config.with_decoder, inputs, outputs, time.time() - started)
+
+    if "onnx" in config.formats:
+        path = os.path.join(output_dir, f"{stem}_onnx{'_decoder' if config.with_decoder else ''}.onnx")
+        started = time.time()
+        export_onnx(model, path, config.with_decoder)
+        inputs, outputs = float_io(model, config.with_decoder)
+        add(path, "onnx", "none", config.with_decoder, inputs, outputs, time.time() - started)
 
     if "tflite" in config.formats:
         suffix = "_decoder" if config.with_decoder else ""

@@ -86,7 +86,7 @@ def eval_dataset(tfrecords: str, split: str, spec: KeypointSpec, input_size: Seq
     parser = Parser(ParserConfig(input_size=tuple(int(v) for v in input_size), stride=int(stride),
                                  crop_mode=crop_mode, padding=float(padding)), spec)
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-        tf.data.TFRecordDataset, cycle_length=len(files), block_length=1, deterministic=True)
+        tf.data.TFRecordDataset, cycle_length=len(files), block_length=1)
     return ds.map(lambda s: parser.parse_eval(decoder.decode(s)), num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
 

@@ -7,10 +7,11 @@ there: file size (and its ratio to the float32 TFLite file), PCK on the split's 
 (`model.evaluation.evaluate_model`, DARK refinement, exactly as evaluation scores it), the
 largest absolute heatmap difference from the Keras model on the same eval crops, and the
 median single-image CPU latency (TFLite at 1 and 2 interpreter threads; Keras and SavedModel
-with TensorFlow's default threads). Models ending in the decoder (`--with_decoder`) are scored
-on their own coordinates against the float model decoded the same way ('quarter'); their
-"max diff" is in crop pixels. Prints one table and writes the rows as json (default
-`<models>/verify.json`).
+with TensorFlow's default threads; ONNX, if onnxruntime is installed, with its defaults).
+Heatmap differences use the first `diff_examples` crops (256). Models ending in the decoder
+(`--with_decoder`) are scored on those crops by their own coordinates, against the float model
+decoded the same way ('quarter'); their "max diff" is in crop pixels. Prints one table and
+writes the rows as json (default `<models>/verify.json`).
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ class VerifyConfig:
     """Which records to score on and how long to time."""
 
     split: str = "val"
-    max_examples: Optional[int] = None   # None: every record of the split
+    max_examples: Optional[int] = None   # PCK on the first N records; None: every record
+    diff_examples: Optional[int] = 256   # crops for heatmap differences and decoder models
     latency_runs: int = 30               # timed single-image runs (median), after 3 warm-ups
     threads: tuple[int, ...] = (1, 2)    # TFLite interpreter threads to time
 
@@ -99,6 +101,34 @@ class DecoderRunner:
         return np.stack(coords).astype(np.float32), np.stack(conf).astype(np.float32)
 
 
+class OnnxRunner:
+    """An ONNX export through onnxruntime (optional): uint8 crops -> heatmaps (the
+    `model.runner` interface, for evaluate_model), or with the decoder (keypoints, confidence)."""
+
+    kind = "onnx"
+
+    def __init__(self, path: str, metadata: dict):
+        import onnxruntime
+        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.metadata = metadata
+        self.input_size = tuple(metadata["input_size"])
+        self.stride = int(metadata["output_stride"])
+        self.num_keypoints = int(metadata["num_keypoints"])
+        self._input = self.session.get_inputs()[0].name
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, images: np.ndarray):
+        out = dict(zip(self._outputs, self.session.run(None, {self._input: np.asarray(images, np.uint8)})))
+        if "heatmaps" in out:
+            return out["heatmaps"].astype(np.float32)
+        return out["keypoints"].astype(np.float32), out["confidence"].astype(np.float32)
+
+
+def onnxruntime_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def crop_pck(coords: np.ndarray, crops: Crops, threshold_px: float) -> float:
     """PCK from crop-pixel coordinates (the metric of model.metrics, without the inverse affine)."""
     valid = crops.weights > 0
@@ -111,7 +141,7 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
     """Rows for the source model and every variant of `models_dir` (see the module docstring)."""
     from model.evaluation import evaluate_model
     from model.metrics import pck_threshold_px
-    from model.runner import KerasRunner, TFLiteRunner, load_runner
+    from model.runner import KerasRunner
     from pipeline.codec import HeatmapCodec
 
     manifest = load_manifest(models_dir)
@@ -123,17 +153,25 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
                           f"definition and crop mode come from there")
     spec = KeypointSpec.from_dict(meta, f"{source} metadata")
     crop_mode, padding = meta.get("crop_mode", "box"), float(meta.get("padding", 1.25))
+    limits = [n for n in (config.max_examples, config.diff_examples) if n is not None]
     crops = load_crops(tfrecords, config.split, spec, reference.input_size, reference.stride,
-                       crop_mode, padding, config.max_examples)
+                       crop_mode, padding, min(limits) if limits else None)
     threshold = pck_threshold_px(reference.input_size, reference.stride)
     codec = HeatmapCodec(reference.input_size, reference.stride)
     ref_heatmaps = batched(reference, crops.images)
     ref_coords_quarter = np.asarray(codec.decode(ref_heatmaps, refine=DECODER_REFINE)[0])
     one = crops.images[:1]
 
+    # evaluate_model stops after the batch that reaches max_examples: a divisor as batch size
+    # makes it score exactly max_examples records
+    batch = max(d for d in range(1, 17) if not config.max_examples or config.max_examples % d == 0)
+    scored = {}
+
     def evaluate(runner) -> float:
         metrics = evaluate_model(runner, tfrecords, config.split, spec, crop_mode=crop_mode,
-                                 padding=padding, refine=EVAL_REFINE, max_examples=config.max_examples)
+                                 padding=padding, refine=EVAL_REFINE, batch_size=batch,
+                                 max_examples=config.max_examples)
+        scored["examples"] = int(metrics["examples"])
         return float(metrics["pck"])
 
     float_pck = evaluate(reference)
@@ -142,26 +180,29 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
              "float_pck": float_pck, "max_abs_diff": 0.0, "diff_unit": "heatmap",
              "latency_ms": {"tf": median_latency_ms(lambda: reference(one), config.latency_runs)}}]
     log(f"{rows[0]['name']}: PCK {float_pck:.4f}")
+    skipped = []
     for variant in manifest["variants"]:
         path = os.path.join(models_dir, variant["path"])
         row = {k: variant[k] for k in ("name", "format", "quantization", "decoder")}
+        if not os.path.exists(path):
+            raise VerifyError(f"{path} is listed in {MANIFEST_NAME} but missing; re-run the export")
+        if variant["format"] == "onnx" and not onnxruntime_available():
+            skipped.append({"name": variant["name"], "reason": "onnxruntime is not installed"})
+            log(f"{variant['name']}: skipped (onnxruntime is not installed)")
+            continue
         row["size_bytes"] = file_size(path)
-        if variant["decoder"] and variant["format"] == "tflite":
-            runner = DecoderRunner(path)
+        runner, timers = open_variant(path, variant, config.threads)
+        if variant["decoder"] and variant["format"] != "saved_model":
             coords, _ = runner(crops.images)
             row.update(pck=crop_pck(coords, crops, threshold),
                        float_pck=crop_pck(ref_coords_quarter, crops, threshold),
                        max_abs_diff=float(np.abs(coords - ref_coords_quarter).max()),
                        diff_unit="crop px", refine=DECODER_REFINE)
-            timers = {f"{n}t": DecoderRunner(path, num_threads=n) for n in config.threads}
         else:
-            runner = load_runner(path)
             heatmaps = batched(runner, crops.images)
             row.update(pck=evaluate(runner), float_pck=float_pck,
                        max_abs_diff=float(np.abs(heatmaps - ref_heatmaps).max()),
                        diff_unit="heatmap", refine=EVAL_REFINE)
-            timers = ({f"{n}t": TFLiteRunner(path, num_threads=n) for n in config.threads}
-                      if variant["format"] == "tflite" else {"tf": runner})
         row["latency_ms"] = {k: median_latency_ms(lambda r=r: r(one), config.latency_runs)
                              for k, r in timers.items()}
         rows.append(row)
@@ -169,8 +210,22 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
             f"{row['max_abs_diff']:.4f} {row['diff_unit']}")
     add_ratios(rows)
     return {"models": os.path.abspath(models_dir), "tfrecords": os.path.abspath(tfrecords),
-            "split": config.split, "examples": int(len(crops.images)),
-            "pck_threshold_px": threshold, "rows": rows}
+            "split": config.split, "examples": scored["examples"],
+            "diff_examples": int(len(crops.images)), "pck_threshold_px": threshold, "rows": rows,
+            "skipped": skipped}
+
+
+def open_variant(path: str, variant: dict, threads: tuple[int, ...]):
+    """(runner for scoring, {latency key: runner to time}) of one exported variant."""
+    from model.runner import TFLiteRunner, load_runner, read_metadata
+    if variant["format"] == "onnx":
+        runner = OnnxRunner(path, read_metadata(path))
+        return runner, {"ort": runner}
+    if variant["format"] == "tflite":
+        make = DecoderRunner if variant["decoder"] else TFLiteRunner
+        return make(path), {f"{n}t": make(path, num_threads=n) for n in threads}
+    runner = load_runner(path)
+    return runner, {"tf": runner}
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -203,9 +258,11 @@ def format_table(report: dict) -> str:
                                for k in threads])
     widths = [max(len(str(row[i])) for row in [header] + lines) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    title = (f"{report['split']} split of {report['tfrecords']}: {report['examples']} examples, "
-             f"PCK threshold {report['pck_threshold_px']:.2f} crop px; latency = median single "
-             f"image (t = TFLite interpreter threads, tf = TensorFlow default threads)")
+    title = (f"{report['split']} split of {report['tfrecords']}: PCK on {report['examples']} "
+             f"examples (threshold {report['pck_threshold_px']:.2f} crop px); differences and "
+             f"decoder models (+dec) on the first {report['diff_examples']}; latency = median single "
+             f"image (t = TFLite interpreter threads, tf = TensorFlow default threads, ort = "
+             f"onnxruntime default threads)")
     return "\n".join([title, fmt.format(*header)] + [fmt.format(*row) for row in lines])
 
 
@@ -216,11 +273,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--split", default="val")
     p.add_argument("--json", default=None, help="report path (default <models>/verify.json)")
     p.add_argument("--max_examples", type=int, default=None, help="score the first N records only")
+    p.add_argument("--diff_examples", type=int, default=VerifyConfig.diff_examples,
+                   help="crops for heatmap differences and decoder models (default 256)")
     p.add_argument("--latency_runs", type=int, default=VerifyConfig.latency_runs)
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     config = VerifyConfig(split=args.split, max_examples=args.max_examples,
-                          latency_runs=args.latency_runs)
+                          diff_examples=args.diff_examples, latency_runs=args.latency_runs)
     try:
         report = verify_exports(args.models, args.tfrecords, config)
     except (FileNotFoundError, VerifyError, RecordsError) as e:

@@ -28,7 +28,7 @@ from model import as_stack_list, build_hourglass
 from model.distribute import is_chief, is_multi_worker, writable_dir
 from model.loss import heatmap_loss_per_example
 from model.metrics import pck_counts, pck_threshold_px, ratio
-from model.runner import model_metadata, write_metadata
+from model.runner import metadata_path, model_metadata, write_metadata
 from pipeline.codec import HeatmapCodec
 from pipeline.parser import Parser, ParserConfig
 
@@ -373,7 +373,9 @@ class Trainer:
             best = sorted(glob.glob(os.path.join(self.out_dir, "ep*-val_pck*.keras")),
                           key=_pck_of_file, reverse=True)
             for old in best[self.cfg.keep_best:]:
-                os.remove(old)
+                for stale in (old, metadata_path(old)):
+                    if os.path.exists(stale):
+                        os.remove(stale)
         return path
 
     # ---------------------------------------------------------------- summaries
