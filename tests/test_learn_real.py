@@ -20,7 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DLC = os.path.join(REPO, "..", "shared", "data", "dlc_openfield")
 CSV = os.path.join(DLC, "CollectedData_Pranav.csv")
 
-pytestmark = pytest.mark.skipif(not os.path.isfile(CSV), reason=f"shared data not found: {CSV}")
+pytestmark = [pytest.mark.skipif(not os.path.isfile(CSV), reason=f"shared data not found: {CSV}"),
+              pytest.mark.slow]          # trains a model for 3 steps (~30 s on 2 cores)
 
 GREPPABLE = ("baseline_mean_error_px", "heldout_mean_error_px", "heldout_median_error_px",
              "heldout_pck", "train_seconds")
