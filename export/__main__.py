@@ -77,7 +77,7 @@ def run(args) -> dict:
         calibration = calibration_from_records(args.representative, args.num_calibration, model, metadata)
         print(f"calibration: {len(calibration.images)} crops of {args.representative} "
               f"({calibration.split})", flush=True)
-    return export_model(args.model_path, args.output_dir, config, calibration, metadata)
+    return export_model(args.model_path, args.output_dir, config, calibration, metadata, model=model)
 
 
 def check_args(args) -> None:
