@@ -2,8 +2,10 @@
 
 (a) floor: read TFRecords + parse the Example + decode the JPEG + a plain crop-resize of the
     padded person box to the input size (``tf.image.crop_and_resize``);
-(b) full: the train pipeline (``pipeline.parser.Parser.parse_train``: one affine warp,
-    rotation/scale/flip/translation, colour jitter, 17 Gaussian heatmaps at 256x256 input).
+(b) full: the train pipeline (``pipeline.parser.Parser.parse_train``: one affine warp of
+    the source window, rotation/scale/flip/translation, colour jitter, 17 Gaussian heatmaps
+    at 256x256 input). Rotated crops (``rotation_prob``) use ImageProjectiveTransformV3,
+    about 3x the cost of crop_and_resize per output pixel; the others crop_and_resize.
 Both run through the same ``InputReader`` (interleave, shuffle, parallel map, batch,
 prefetch, AUTOTUNE) on the same records, alternating rounds; the best round of each counts.
 CPU ms per example are printed too: on a shared machine they are steadier than examples/s.

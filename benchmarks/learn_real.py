@@ -40,8 +40,9 @@ labelled box, exactly as COCO's ground-truth-box evaluation does, so its error d
 include finding the mouse in the frame. On unlabelled video there is no labelled box:
 prediction uses ``run.py predict --bbox x,y,w,h`` (a box from a detector or from the previous
 frame's keypoints) or, without --bbox, the whole frame, which a box-trained model has never
-seen at that zoom: for box-free use train with ``--crop frame``. ``--crop frame`` trains and evaluates on the whole frame letterboxed to
-the input (no box needed anywhere; default input 192x256 for the 4:3 frames).
+seen at that zoom: for box-free use train with ``--crop frame``. ``--crop frame`` trains and
+evaluates on the whole frame letterboxed to the input (no box needed anywhere; default input
+192x256 for the 4:3 frames).
 """
 from __future__ import annotations
 

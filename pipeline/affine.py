@@ -14,7 +14,9 @@ at +0.5). A crop matrix is composed as
   shift in our convention): a flipped crop is exactly the mirror image of the unflipped one.
 
 ``ImageProjectiveTransformV3`` samples at integer pixel indices (index i = our coordinate
-i + 0.5), so ``warp_image`` conjugates the inverse matrix with a half-pixel shift.
+i + 0.5), so the image warps conjugate the inverse matrix with a half-pixel shift. One image
+is warped from the window it reads only (``source_window``), and without rotation with
+``tf.image.crop_and_resize`` at the same sample points (``crop_float``).
 All TF functions accept a leading batch dimension on the matrix ([..., 3, 3]); the ``*_np``
 twins are for post-processing outside TF.
 """
@@ -173,40 +175,133 @@ def to_original_np(matrix, crop_points) -> np.ndarray:
     return transform_points_np(invert_np(matrix), crop_points)
 
 
-def sampling_transform(matrix) -> tf.Tensor:
-    """The 8 ``ImageProjectiveTransformV3`` parameters [..., 8] for crop ``matrix``: they map
-    an OUTPUT pixel index to the INPUT pixel index it samples (index = coordinate - 0.5)."""
+def _sampling_params(matrix) -> tf.Tensor:
+    """float64 [..., 6] (a, b, tx, c, d, ty): output pixel index (j, i) -> input pixel index
+    (a·j + b·i + tx, c·j + d·i + ty), i.e. index = inv · (output index + 0.5) - 0.5."""
     inv = tf.cast(invert(matrix), tf.float64)
     half = tf.constant(0.5, tf.float64)
     a, b, tx = inv[..., 0, 0], inv[..., 0, 1], inv[..., 0, 2]
     c, d, ty = inv[..., 1, 0], inv[..., 1, 1], inv[..., 1, 2]
-    # input_index = inv · (output_index + 0.5) - 0.5
     tx = tx + half * (a + b) - half
     ty = ty + half * (c + d) - half
-    zero = tf.zeros_like(a)
-    return tf.cast(tf.stack([a, b, tx, c, d, ty, zero, zero], -1), tf.float32)
+    return tf.stack([a, b, tx, c, d, ty], -1)
+
+
+def sampling_transform(matrix) -> tf.Tensor:
+    """The 8 ``ImageProjectiveTransformV3`` parameters [..., 8] for crop ``matrix``: they map
+    an OUTPUT pixel index to the INPUT pixel index it samples (index = coordinate - 0.5)."""
+    params = _sampling_params(matrix)
+    zero = tf.zeros_like(params[..., :2])
+    return tf.cast(tf.concat([params, zero], -1), tf.float32)
+
+
+def source_window(matrix, image_size, output_size: Sequence[int], margin: int = 1) -> tf.Tensor:
+    """int32 [4] (y0, x0, y1, x1): the rows y0..y1-1 and columns x0..x1-1 of an image of
+    ``image_size`` (h, w) that bilinear sampling of the crop of ``matrix`` [3, 3] can read,
+    plus ``margin`` px, clamped to the image and at least one pixel. Warping that window
+    with the matrix shifted by (x0, y0) gives the same crop as warping the whole image."""
+    return _window(_sampling_params(matrix), image_size, output_size, margin)
+
+
+def _window(params, image_size, output_size: Sequence[int], margin: int) -> tf.Tensor:
+    out_h, out_w = float(output_size[0] - 1), float(output_size[1] - 1)
+    a, b, tx, c, d, ty = tf.unstack(params)
+    # The sampled points of the 4 corner pixels bound those of all pixels (affine map).
+    xs = tf.stack([tx, tx + a * out_w, tx + b * out_h, tx + a * out_w + b * out_h])
+    ys = tf.stack([ty, ty + c * out_w, ty + d * out_h, ty + c * out_w + d * out_h])
+    hw = tf.cast(tf.convert_to_tensor(image_size), tf.float64)
+    h, w = hw[0], hw[1]
+
+    def span(v, size):
+        # Pixels floor(v) and floor(v) + 1 are read; clip in float before the int cast.
+        lo = tf.clip_by_value(tf.floor(tf.reduce_min(v)) - margin, 0.0, size - 1.0)
+        hi = tf.clip_by_value(tf.floor(tf.reduce_max(v)) + 2.0 + margin, lo + 1.0, size)
+        return tf.cast(lo, tf.int32), tf.cast(hi, tf.int32)
+
+    x0, x1 = span(xs, w)
+    y0, y1 = span(ys, h)
+    return tf.stack([y0, x0, y1, x1])
+
+
+def crop_float(image, matrix, output_size: Sequence[int], fill_value: float = 0.0) -> tf.Tensor:
+    """Float32 crop [h, w, C] of ``image`` [H, W, C] (any real dtype, e.g. uint8) for
+    ``matrix`` [3, 3]: bilinear, constant fill, the pixel convention of the module docstring.
+
+    Only the window of the image that the crop reads (``source_window``) is sliced out and
+    converted. A crop without rotation (no off-diagonal terms: scale, translation, flips)
+    is sampled by ``resize_window`` (``tf.image.crop_and_resize``, ~3x cheaper), a rotated
+    one by ``project_window`` (``ImageProjectiveTransformV3``); both sample the same points
+    with the same constant fill, so they agree to float rounding (tests/test_affine.py)."""
+    image = tf.convert_to_tensor(image)
+    params = _sampling_params(matrix)
+    window = _window(params, tf.shape(image)[:2], output_size, margin=1)
+    y0, x0, y1, x1 = tf.unstack(window)
+    part = image[y0:y1, x0:x1]
+    params = params - tf.cast(tf.stack([0, 0, x0, 0, 0, y0]), tf.float64)   # M · T(x0, y0)
+    axis_aligned = tf.logical_and(tf.equal(params[1], 0.0), tf.equal(params[3], 0.0))
+    if min(int(output_size[0]), int(output_size[1])) < 2:   # crop_and_resize needs 2+ samples
+        axis_aligned = tf.constant(False)
+    out = tf.cond(axis_aligned, lambda: resize_window(part, params, output_size, fill_value),
+                  lambda: project_window(part, params, output_size, fill_value))
+    return tf.ensure_shape(out, [int(output_size[0]), int(output_size[1]), image.shape[-1]])
+
+
+def project_window(image, params, output_size: Sequence[int], fill_value: float = 0.0) -> tf.Tensor:
+    """Float32 [h, w, C]: ``image`` [H, W, C] sampled by ``ImageProjectiveTransformV3`` at the
+    pixel indices of ``params`` (float64 [6] a, b, tx, c, d, ty; see ``_sampling_params``)."""
+    transform = tf.concat([tf.cast(params, tf.float32), tf.zeros([2], tf.float32)], 0)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[tf.newaxis], transforms=transform[tf.newaxis],
+        output_shape=tf.constant([int(output_size[0]), int(output_size[1])], tf.int32),
+        fill_value=tf.constant(fill_value, tf.float32), interpolation="BILINEAR",
+        fill_mode="CONSTANT")[0]
+
+
+def resize_window(image, params, output_size: Sequence[int], fill_value: float = 0.0) -> tf.Tensor:
+    """``project_window`` for axis-aligned ``params`` (b = c = 0) with
+    ``tf.image.crop_and_resize``, which samples box_start + i · (box_end - box_start) /
+    (size - 1) in pixel indices; reversed boxes are the flips. Its edge rule (all fill
+    beyond the first/last pixel) differs from the projective op (a blend with the fill up
+    to one pixel out), so the image gets a one-pixel border of ``fill_value`` first."""
+    out_h, out_w = int(output_size[0]), int(output_size[1])
+    # crop_and_resize reads uint8 directly; pad in the image dtype when the fill fits.
+    src = image if _holds(image.dtype, fill_value) else tf.cast(image, tf.float32)
+    padded = tf.pad(src, [[1, 1], [1, 1], [0, 0]], constant_values=tf.cast(fill_value, src.dtype))
+    last = tf.cast(tf.shape(padded)[:2], tf.float64) - 1.0      # >= 2: box normalizer
+    a, tx, d, ty = params[0], params[2] + 1.0, params[4], params[5] + 1.0
+    box = tf.stack([ty / last[0], tx / last[1], (ty + d * (out_h - 1)) / last[0],
+                    (tx + a * (out_w - 1)) / last[1]])
+    return tf.image.crop_and_resize(padded[tf.newaxis], tf.cast(box, tf.float32)[tf.newaxis], [0],
+                                    (out_h, out_w), extrapolation_value=fill_value)[0]
+
+
+def _holds(dtype: tf.DType, value: float) -> bool:
+    """Whether ``dtype`` represents ``value`` exactly (floats always, for our purposes)."""
+    if dtype.is_floating:
+        return True
+    return dtype.is_integer and float(value) == int(value) and dtype.min <= value <= dtype.max
 
 
 def warp_image(image, matrix, output_size: Sequence[int], fill_value: float = 0.0) -> tf.Tensor:
     """Resample ``image`` [H, W, C] or [B, H, W, C] into the crop of ``matrix`` ([3, 3] or
-    [B, 3, 3]) with bilinear interpolation and constant fill, in one
-    ``ImageProjectiveTransformV3`` call. Output [h, w, C] (or batched) of ``output_size``
-    (h, w). Float images stay float32; uint8 images are rounded and clipped back to uint8."""
+    [B, 3, 3]) with bilinear interpolation and constant fill. Output [h, w, C] (or batched)
+    of ``output_size`` (h, w). Float images stay float32; uint8 images are rounded and
+    clipped back to uint8. One image: ``crop_float``; a batch: one
+    ``ImageProjectiveTransformV3`` call."""
     image = tf.convert_to_tensor(image)
     in_dtype = image.dtype
-    batched = image.shape.rank == 4
-    images = image if batched else image[tf.newaxis]
-    transforms = sampling_transform(matrix)
-    if transforms.shape.rank == 1:
-        transforms = transforms[tf.newaxis]
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(images, tf.float32), transforms=transforms,
-        output_shape=tf.constant([int(output_size[0]), int(output_size[1])], tf.int32),
-        fill_value=tf.constant(fill_value, tf.float32), interpolation="BILINEAR",
-        fill_mode="CONSTANT")
-    if in_dtype == tf.uint8:
-        out = to_uint8(out)
-    return out if batched else out[0]
+    if image.shape.rank == 4:
+        transforms = sampling_transform(matrix)
+        if transforms.shape.rank == 1:
+            transforms = transforms[tf.newaxis]
+        out = tf.raw_ops.ImageProjectiveTransformV3(
+            images=tf.cast(image, tf.float32), transforms=transforms,
+            output_shape=tf.constant([int(output_size[0]), int(output_size[1])], tf.int32),
+            fill_value=tf.constant(fill_value, tf.float32), interpolation="BILINEAR",
+            fill_mode="CONSTANT")
+    else:
+        out = crop_float(image, matrix, output_size, fill_value)
+    return to_uint8(out) if in_dtype == tf.uint8 else out
 
 
 def to_uint8(image) -> tf.Tensor:
@@ -217,5 +312,6 @@ def to_uint8(image) -> tf.Tensor:
 __all__ = [
     "CROP_MODES", "frame_center_scale", "frame_center_scale_np", "crop_matrix", "crop_matrix_np",
     "transform_points", "transform_points_np", "invert", "invert_np", "to_original", "to_original_np",
-    "sampling_transform", "warp_image", "to_uint8",
+    "sampling_transform", "source_window", "crop_float", "project_window", "resize_window",
+    "warp_image", "to_uint8",
 ]

@@ -90,7 +90,7 @@ class Parser:
             center, scale * aug["scale_factor"], cfg.padding, cfg.input_size,
             rotation_deg=aug["rotation_deg"], flip=aug["flip"], shift=aug["shift"],
             vertical_flip=aug["vertical_flip"])
-        image = affine.warp_image(tf.cast(decoded["image"], tf.float32), matrix, cfg.input_size)
+        image = affine.crop_float(decoded["image"], matrix, cfg.input_size)
         if cfg.color_jitter > 0:
             image = color_jitter(image, aug["color"])
         image = affine.to_uint8(image)
@@ -107,8 +107,7 @@ class Parser:
         keypoints, visibility = self._checked_keypoints(decoded)
         center, scale = crop_center_scale(decoded, cfg)
         matrix = affine.crop_matrix(center, scale, cfg.padding, cfg.input_size)
-        image = affine.warp_image(tf.cast(decoded["image"], tf.float32), matrix, cfg.input_size)
-        image = affine.to_uint8(image)
+        image = affine.to_uint8(affine.crop_float(decoded["image"], matrix, cfg.input_size))
         crop_kp = affine.transform_points(matrix, keypoints)
         image, labels = self._finish(image, crop_kp, visibility)
         labels.update({

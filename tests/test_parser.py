@@ -227,7 +227,8 @@ def _op_types(concrete) -> set:
 
 
 def test_train_map_function_is_pure_graph(coco_spec):
-    """decode + parse_train trace to a graph with no py_func ops, one warp and only
+    """decode + parse_train trace to a graph with no py_func ops, one projective warp and one
+    crop_and_resize (the two branches of the crop, in cond branch functions) and only
     stateless random ops."""
     parser = Parser(ParserConfig(), coco_spec)
     fn = tf.function(lambda s, seed: parser.parse_train(decoder.decode(s), seed))
@@ -235,8 +236,10 @@ def test_train_map_function_is_pure_graph(coco_spec):
     types = _op_types(concrete)
     assert not types & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
     assert "ImageProjectiveTransformV3" in types
-    ops = [n.op for n in concrete.graph.as_graph_def().node]
-    assert ops.count("ImageProjectiveTransformV3") == 1 and ops.count("DecodeImage") <= 1
+    graph_def = concrete.graph.as_graph_def()
+    ops = [n.op for n in graph_def.node] + [n.op for fn in graph_def.library.function for n in fn.node_def]
+    assert ops.count("ImageProjectiveTransformV3") == 1 and ops.count("CropAndResize") == 1
+    assert ops.count("DecodeImage") <= 1
     random_ops = {t for t in types if "Random" in t}
     assert random_ops and all(t.startswith("Stateless") for t in random_ops), random_ops
     for name, fn in (("eval", lambda s: parser.parse_eval(decoder.decode(s))),):
