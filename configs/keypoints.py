@@ -178,9 +178,8 @@ def _build(names, pair_rows, limb_rows, source) -> KeypointSpec:
     return KeypointSpec(tuple(names), tuple(h_pairs), tuple(v_pairs), tuple(limbs))
 
 
-def load_keypoint_spec(classes_path: str, matchpoint_path: Optional[str] = None,
-                       skeleton_path: Optional[str] = None) -> KeypointSpec:
-    """Load and validate the three files (match points and skeleton optional)."""
+def read_classes(classes_path: str) -> list[str]:
+    """Keypoint names of a classes file, validated (no commas, no duplicates)."""
     names, first_line = [], {}
     for lineno, line in _read_lines(classes_path):
         if "," in line:
@@ -191,6 +190,18 @@ def load_keypoint_spec(classes_path: str, matchpoint_path: Optional[str] = None,
                                     f"(first on line {first_line[name]})")
         first_line[name] = lineno
         names.append(name)
+    return names
+
+
+def load_keypoint_spec(classes_path: str, matchpoint_path: Optional[str] = None,
+                       skeleton_path: Optional[str] = None) -> KeypointSpec:
+    """Load and validate the three files (match points and skeleton optional)."""
+    return spec_with_files(read_classes(classes_path), matchpoint_path, skeleton_path, classes_path)
+
+
+def spec_with_files(names: Sequence[str], matchpoint_path: Optional[str] = None,
+                    skeleton_path: Optional[str] = None, source: str = "<names>") -> KeypointSpec:
+    """A spec for known keypoint names with flip pairs / limbs read from files."""
     pair_rows = []
     if matchpoint_path:
         for lineno, line in _read_lines(matchpoint_path):
@@ -201,7 +212,7 @@ def load_keypoint_spec(classes_path: str, matchpoint_path: Optional[str] = None,
         for lineno, line in _read_lines(skeleton_path):
             a, b, color = _split3(skeleton_path, lineno, line, "start,end,r|g|b")
             limb_rows.append((a, b, color, f"{skeleton_path}:{lineno}"))
-    return _build(names, pair_rows, limb_rows, classes_path)
+    return _build(list(names), pair_rows, limb_rows, source)
 
 
 def builtin_paths(dataset: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ import os
 from typing import Optional
 
 from configs import KeypointSpec, KeypointSpecError, load_keypoint_spec
+from configs.keypoints import spec_with_files
 
 
 class UsageError(ValueError):
@@ -14,19 +15,24 @@ class UsageError(ValueError):
 
 
 def resolve_spec(args, info: Optional[dict]) -> KeypointSpec:
-    """The keypoint definition: the files given on the command line, else the records' own.
-    Files that disagree with the records are refused."""
+    """The keypoint definition: the files given on the command line, else the records' own
+    (with flip pairs / skeleton from files when only those are given). Files that disagree
+    with the records are refused."""
     try:
         if args.classes_path:
             spec = load_keypoint_spec(args.classes_path, args.matchpoint_path, args.skeleton_path)
-        elif info is not None:
-            spec = KeypointSpec.from_dict(info, "dataset_info.json")
-            if args.matchpoint_path or args.skeleton_path:
-                files = load_keypoint_spec_from_names(spec, args)
-                spec = files
-        else:
+        elif info is None:
             raise UsageError("no keypoint definition: pass --classes_path (and --matchpoint_path, "
                              "--skeleton_path)")
+        else:
+            spec = KeypointSpec.from_dict(info, "dataset_info.json")
+            if args.matchpoint_path or args.skeleton_path:
+                files = spec_with_files(spec.names, args.matchpoint_path, args.skeleton_path)
+                spec = dataclasses.replace(
+                    spec, **({"flip_pairs": files.flip_pairs,
+                              "vertical_flip_pairs": files.vertical_flip_pairs}
+                             if args.matchpoint_path else {}),
+                    **({"skeleton": files.skeleton} if args.skeleton_path else {}))
     except KeypointSpecError as e:
         raise UsageError(str(e)) from e
     if info is not None and list(info["keypoint_names"]) != list(spec.names):
@@ -35,19 +41,6 @@ def resolve_spec(args, info: Optional[dict]) -> KeypointSpec:
             f"records were written with {len(info['keypoint_names'])} "
             f"({', '.join(info['keypoint_names'])}); use the classes file the records were made with")
     return spec
-
-
-def load_keypoint_spec_from_names(spec: KeypointSpec, args) -> KeypointSpec:
-    """Records' names with match points / skeleton from files (classes file not given)."""
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "classes.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("".join(n + "\n" for n in spec.names))
-        files = load_keypoint_spec(path, args.matchpoint_path, args.skeleton_path)
-    return KeypointSpec(spec.names, files.flip_pairs or spec.flip_pairs,
-                        files.vertical_flip_pairs or spec.vertical_flip_pairs,
-                        files.skeleton or spec.skeleton)
 
 
 def _dataset_info(tfrecords: str) -> dict:
