@@ -217,3 +217,46 @@ def test_learns_the_synthetic_set(tmp_path):
     pcks = [float(line.split(":")[1]) for line in open(os.path.join(log_dir, "val.txt"))]
     assert max(pcks) >= 0.9, pcks
     assert glob.glob(os.path.join(log_dir, f"ep*-val_pck{max(pcks):.4f}.keras"))
+
+
+def test_predict_on_image_folder_and_video(tmp_path):
+    """The demo writes a drawn image for an image, one per image for a folder, and a video
+    with as many frames for a video file."""
+    import cv2
+
+    from configs import builtin_spec
+    from model import build_hourglass
+    from model.runner import model_metadata, write_metadata
+    from pipeline.synthetic import generate_dataset
+    raw = tmp_path / "raw"
+    generate_dataset(str(raw), num_train=1, num_val=3, image_size=(96, 128), seed=5)
+    folder = raw / "images" / "val"
+    model = build_hourglass(num_keypoints=17, num_stacks=1, num_channels=32, mobile=True,
+                            input_size=(64, 64))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    write_metadata(path, model_metadata(builtin_spec("coco"), (64, 64)))
+    first = sorted(os.listdir(folder))[0]
+    proc = _run(["predict", "--model_path", path, "--input", str(folder / first),
+                 "--output", str(tmp_path / "one.jpg")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert cv2.imread(str(tmp_path / "one.jpg")).shape == (96, 128, 3)
+    proc = _run(["predict", "--model_path", path, "--input", str(folder), "--output",
+                 str(tmp_path / "drawn")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "drawn")) == sorted(os.listdir(folder))
+    video = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (128, 96))
+    for name in sorted(os.listdir(folder)):
+        writer.write(cv2.imread(str(folder / name)))
+    writer.release()
+    proc = _run(["predict", "--model_path", path, "--input", video, "--output",
+                 str(tmp_path / "clip_pose.mp4")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    capture = cv2.VideoCapture(str(tmp_path / "clip_pose.mp4"))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    assert frames == 3
+    proc = _run(["predict", "--model_path", str(tmp_path / "missing.keras"), "--input", video])
+    assert proc.returncode == 2 and "missing.keras" in proc.stderr
