@@ -35,7 +35,7 @@ quickstart: $(STAMP)
 	$(PY) run.py eval --model_path $(QS)/logs/final.keras --tfrecords $(QS)/tfrecords --metrics_json $(QS)/eval_keras.json
 	$(PY) -m export --model_path $(QS)/logs/final.keras --output_dir $(QS)/export --format tflite --quantize int8 --representative $(QS)/tfrecords
 	$(PY) run.py eval --model_path $(QS)/export/final_int8.tflite --tfrecords $(QS)/tfrecords --metrics_json $(QS)/eval_int8.json
-	$(PY) run.py predict --model_path $(QS)/export/final_int8.tflite --input $(QS)/synthetic/images/val/val_000801.jpg --output $(QS)/prediction.jpg
+	$(PY) run.py predict --model_path $(QS)/export/final_int8.tflite --input $(QS)/synthetic/images/val/val_000001.jpg --output $(QS)/prediction.jpg
 	$(PY) -m benchmarks.quickstart_report --out $(QS)
 
 clean:

@@ -152,9 +152,12 @@ def predict(args) -> dict:
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from e
     spec = _spec_for_model(args, runner)
-    return run_demo(runner, spec, args.input, args.output, bbox=args.bbox, refine=args.refine,
-                    flip_test=args.flip_test, conf_threshold=args.conf_threshold,
-                    max_frames=args.max_frames)
+    try:
+        return run_demo(runner, spec, args.input, args.output, bbox=args.bbox, refine=args.refine,
+                        flip_test=args.flip_test, conf_threshold=args.conf_threshold,
+                        max_frames=args.max_frames)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
 
 
 def _spec_for_model(args, runner) -> KeypointSpec:
