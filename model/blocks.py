@@ -123,12 +123,20 @@ def _apply_hourglass_level(x, num_channels, level, num_poolings, mobile, name):
     skip = apply_bottleneck_block(down, num_channels, mobile, name=f"{prefix}_skip")
     low = layers.MaxPooling2D(2, strides=2, name=f"{prefix}_pool")(down)
     low = _apply_hourglass_level(low, num_channels, level + 1, num_poolings, mobile, name)
-    # Nearest 2x upsampling as a fixed-size resize: the same values as UpSampling2D (which
-    # Keras 3 writes as two `repeat`s, six TFLite ops each) but one RESIZE_NEAREST_NEIGHBOR.
-    up = layers.Resizing(down.shape[1], down.shape[2], interpolation="nearest",
-                         name=f"{prefix}_upsample")(low)
+    up = apply_nearest_upsample_2x(low, name=f"{prefix}_upsample")
     merged = layers.Add(name=f"{prefix}_add")([skip, up])
     return apply_bottleneck_block(merged, num_channels, mobile, name=f"{prefix}_merge")
+
+
+def apply_nearest_upsample_2x(x, *, name):
+    """Nearest-neighbour 2x upsampling from two (Concatenate, Reshape) pairs: the values of
+    UpSampling2D, with a gradient XLA compiles on CPU and GPU (ResizeNearestNeighborGrad is
+    TPU-only) and four plain TFLite ops (UpSampling2D's `repeat`s take twelve)."""
+    _, h, w, c = x.shape
+    wide = layers.Concatenate(axis=-1, name=f"{name}_cols")([x, x])           # [h, w, 2c]
+    wide = layers.Reshape((h, 2 * w, c), name=f"{name}_cols_reshape")(wide)   # [h, 2w, c]
+    tall = layers.Concatenate(axis=2, name=f"{name}_rows")([wide, wide])      # [h, 4w, c]
+    return layers.Reshape((2 * h, 2 * w, c), name=f"{name}_rows_reshape")(tall)
 
 
 def apply_head_block(stack_input, features, num_keypoints, num_channels, is_last, *, name):
