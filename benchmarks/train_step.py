@@ -57,7 +57,8 @@ def main(argv=None) -> int:
 
     from configs import KeypointSpec
     from model.distribute import make_strategy
-    from model.trainer import TrainConfig, Trainer, read_dataset_info
+    from model.trainer import TrainConfig, Trainer
+    from pipeline.convert import read_dataset_info
     from pipeline.parser import ParserConfig
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 from typing import Optional, Sequence
 
@@ -36,15 +35,11 @@ class Crops:
 
 def read_info(tfrecords: str) -> dict:
     """dataset_info.json of a folder written by convert_to_tfrecord.py."""
-    path = os.path.join(tfrecords, INFO_NAME)
-    if not os.path.isfile(path):
-        raise RecordsError(f"{path} not found: the folder must be written by "
-                           f"convert_to_tfrecord.py (TFRecords + dataset_info.json)")
-    with open(path, encoding="utf-8") as f:
-        info = json.load(f)
-    if "keypoint_names" not in info:
-        raise RecordsError(f"{path}: no 'keypoint_names'; re-run convert_to_tfrecord.py")
-    return info
+    from pipeline.convert import read_dataset_info
+    try:
+        return read_dataset_info(tfrecords)
+    except ValueError as e:
+        raise RecordsError(str(e)) from e
 
 
 def split_files(tfrecords: str, split: str) -> list[str]:

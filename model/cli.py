@@ -44,7 +44,7 @@ def resolve_spec(args, info: Optional[dict]) -> KeypointSpec:
 
 
 def _dataset_info(tfrecords: str) -> dict:
-    from model.trainer import read_dataset_info
+    from pipeline.convert import read_dataset_info
     try:
         return read_dataset_info(tfrecords)
     except (FileNotFoundError, ValueError) as e:

@@ -30,6 +30,7 @@ from model.loss import heatmap_loss_per_example
 from model.metrics import pck_counts, pck_threshold_px, ratio
 from model.runner import metadata_path, model_metadata, write_metadata
 from pipeline.codec import HeatmapCodec
+from pipeline.convert import read_dataset_info
 from pipeline.parser import Parser, ParserConfig
 
 
@@ -80,20 +81,6 @@ class TrainConfig:
                              f"--total_epoch ({self.total_epoch})")
         if self.steps_per_loop < 1 or self.checkpoint_steps < 1:
             raise ValueError("--steps_per_loop and --checkpoint_steps must be >= 1")
-
-
-def read_dataset_info(tfrecords: str) -> dict:
-    """dataset_info.json of a folder written by convert_to_tfrecord.py, checked."""
-    path = os.path.join(tfrecords, "dataset_info.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} not found: --tfrecords must be a folder written by convert_to_tfrecord.py")
-    with open(path, encoding="utf-8") as f:
-        info = json.load(f)
-    for key in ("keypoint_names", "counts"):
-        if key not in info:
-            raise ValueError(f"{path}: missing {key!r}; re-run convert_to_tfrecord.py")
-    return info
 
 
 def split_pattern(tfrecords: str, split: str) -> str:

@@ -37,6 +37,7 @@ import collections
 import dataclasses
 import glob
 import itertools
+import json
 import math
 import multiprocessing
 import os
@@ -135,6 +136,21 @@ def convert_dataset(fmt: str, annotations: str, images: str, output: str, *,
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+def read_dataset_info(folder: str) -> dict:
+    """dataset_info.json of a folder this converter wrote, checked for the keys readers need;
+    ``ValueError`` (naming the file and the fix) otherwise."""
+    path = os.path.join(folder, INFO_NAME)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} not found: the folder must be written by convert_to_tfrecord.py "
+                         f"(TFRecords + dataset_info.json)")
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    for key in ("keypoint_names", "counts"):
+        if key not in info:
+            raise ValueError(f"{path}: missing {key!r}; re-run convert_to_tfrecord.py")
+    return info
 
 
 def resolve_spec(fmt: str, spec: Optional[KeypointSpec], options: ConvertOptions) -> Optional[KeypointSpec]:
