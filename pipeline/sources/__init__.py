@@ -101,6 +101,23 @@ def resolve_image(images_dir: str, relative: str) -> tuple[str, str]:
     return os.path.join(os.path.abspath(images_dir), norm), norm.replace(os.sep, "/")
 
 
+def json_record_skipper(split: str, annotations: str, index: int, name):
+    """skip(reason, message) -> Skip for record `index` of a json list naming image `name`."""
+    def skip(reason: str, message: str) -> Skip:
+        return Skip(split, str(name if name is not None else annotations), str(index), reason,
+                    f"{annotations}: record {index} (image {name}): {message}")
+    return skip
+
+
+def resolve_record_image(images_dir: str, name, skip):
+    """(absolute path, relative path) of a record's image, or the Skip saying why not:
+    ``path_escape`` for a name that leaves the folder, ``bad_record`` for no name at all."""
+    try:
+        return resolve_image(images_dir, name)
+    except ValueError as e:
+        return skip("path_escape" if isinstance(name, str) and name.strip() else "bad_record", str(e))
+
+
 def image_ids(filenames: list[str]) -> dict[str, int]:
     """Numeric image ids for sources without them: the file stem when every stem is a distinct
     number (MPII's 005808361.jpg -> 5808361), else 1, 2, ... in sorted file-name order."""

@@ -50,8 +50,9 @@ from pipeline.sources import (
     SourceData,
     image_ids,
     is_positive_number,
+    json_record_skipper,
     padded_center_scale,
-    resolve_image,
+    resolve_record_image,
     square_box,
 )
 
@@ -118,19 +119,16 @@ def _split_of(entry) -> Optional[str]:
 def _record(index, entry, images_dir, spec, options, annotations, shift_center, split, unlabelled):
     """One json entry -> PersonRecord, or a Skip saying why not."""
     name = entry.get("img_paths") if isinstance(entry, dict) else None
-
-    def skip(reason, message):
-        return Skip(split, str(name if name is not None else annotations), str(index), reason,
-                    f"{annotations}: record {index} (image {name}): {message}")
+    skip = json_record_skipper(split, annotations, index, name)
 
     if not isinstance(entry, dict):
         return skip("bad_record", f"expected a dict, got {type(entry).__name__}")
     if _split_of(entry) is None:
         return skip("bad_record", f"isValidation must be 0 or 1, got {entry.get('isValidation')!r}")
-    try:
-        path, rel = resolve_image(images_dir, name)
-    except ValueError as e:
-        return skip("path_escape" if isinstance(name, str) and name.strip() else "bad_record", str(e))
+    resolved = resolve_record_image(images_dir, name, skip)
+    if isinstance(resolved, Skip):
+        return resolved
+    path, rel = resolved
     joints = entry.get("joint_self")
     if not isinstance(joints, list) or len(joints) != spec.num_keypoints:
         n = len(joints) if isinstance(joints, list) else 0

@@ -32,8 +32,9 @@ from pipeline.sources import (
     SourceData,
     image_ids,
     is_positive_number,
+    json_record_skipper,
     load_json,
-    resolve_image,
+    resolve_record_image,
     split_from_filename,
     square_box,
 )
@@ -78,17 +79,14 @@ def read_mpii(annotations: str, images_dir: str, spec: KeypointSpec,
 
 def _record(index, entry, images_dir, spec, options, annotations, split):
     name = entry.get("image") if isinstance(entry, dict) else None
-
-    def skip(reason, message):
-        return Skip(split, str(name if name is not None else annotations), str(index), reason,
-                    f"{annotations}: record {index} (image {name}): {message}")
+    skip = json_record_skipper(split, annotations, index, name)
 
     if not isinstance(entry, dict):
         return skip("bad_record", f"expected a dict, got {type(entry).__name__}")
-    try:
-        path, rel = resolve_image(images_dir, name)
-    except ValueError as e:
-        return skip("path_escape" if isinstance(name, str) and name.strip() else "bad_record", str(e))
+    resolved = resolve_record_image(images_dir, name, skip)
+    if isinstance(resolved, Skip):
+        return resolved
+    path, rel = resolved
     joints, vis = entry.get("joints"), entry.get("joints_vis")
     k = spec.num_keypoints
     if not (isinstance(joints, list) and isinstance(vis, list) and len(joints) == k and len(vis) == k):
