@@ -18,11 +18,11 @@ from model.runner import Runner
 
 def predict_heatmaps(runner: Runner, images: np.ndarray, spec: KeypointSpec, flip_test: bool):
     """Last-stack heatmaps for a batch; with flip_test, averaged with the mirrored input's."""
-    from pipeline.codec import flip_back
+    from pipeline.codec import merge_flip
     heatmaps = runner(images)
     if flip_test:
         flipped = runner(np.ascontiguousarray(images[:, :, ::-1]))
-        heatmaps = 0.5 * (heatmaps + np.asarray(flip_back(flipped, spec.flip_indices)))
+        heatmaps = np.asarray(merge_flip(heatmaps, flipped, spec.flip_indices))
     return heatmaps
 
 

@@ -454,10 +454,10 @@ class Trainer:
                            values=[("loss", loss), ("examples/s", rate)])
                 if self.preemption is not None:
                     self.preemption.save_checkpoint_if_preempted()
-                if step % cfg.checkpoint_steps == 0 or step % spe == 0:
-                    self._save_checkpoint()
                 if step % spe == 0:
-                    break
+                    break                 # the epoch's checkpoint follows its evaluation
+                if step % cfg.checkpoint_steps == 0:
+                    self._save_checkpoint()
             last = {"epoch": epoch, "loss": loss}
             result = self.evaluate()
             if result is not None:
@@ -470,7 +470,7 @@ class Trainer:
                         print(f"epoch {epoch}: loss {loss:.5f} val_loss {result['loss']:.5f} "
                               f"val_pck {result['pck']:.4f}"
                               + (f" -> {os.path.basename(best)}" if best else ""), flush=True)
-                self._save_checkpoint()   # best_pck is part of the state
+            self._save_checkpoint()       # after evaluation: best_pck is part of the state
             history.append(last)
         final = os.path.join(self.out_dir, "final.keras")
         save_model_atomic(self.model, final, self.metadata)

@@ -122,7 +122,12 @@ class HeatmapCodec:
 
     def merge_flip(self, heatmaps, flipped_heatmaps, flip_indices: Sequence[int]):
         """Average the heatmaps of a crop and of its mirror (flip test)."""
-        return 0.5 * (tf.convert_to_tensor(heatmaps, tf.float32) + flip_back(flipped_heatmaps, flip_indices))
+        return merge_flip(heatmaps, flipped_heatmaps, flip_indices)
+
+
+def merge_flip(heatmaps, flipped_heatmaps, flip_indices: Sequence[int]):
+    """See ``HeatmapCodec.merge_flip``."""
+    return 0.5 * (tf.convert_to_tensor(heatmaps, tf.float32) + flip_back(flipped_heatmaps, flip_indices))
 
 
 def flip_back(flipped_heatmaps, flip_indices: Sequence[int]):
