@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
@@ -173,7 +172,3 @@ def _spec_for_model(args, runner) -> KeypointSpec:
         raise UsageError(f"{args.model_path} predicts {runner.num_keypoints} keypoints but the "
                          f"classes file names {spec.num_keypoints}")
     return spec
-
-
-def describe(result: dict) -> str:
-    return json.dumps(result, indent=2)

@@ -34,8 +34,8 @@ def predict_image(runner: Runner, spec: KeypointSpec, image_rgb: np.ndarray,
     else:
         matrix = crop_matrix_np(None, None, 1.0, runner.input_size, crop_mode="frame",
                                 image_size=(h, w))
-    crop = warp_image(image_rgb, matrix.astype(np.float32), runner.input_size)
-    crop = np.clip(np.round(np.asarray(crop)), 0, 255).astype(np.uint8)
+    crop = np.asarray(warp_image(np.asarray(image_rgb, np.uint8), matrix.astype(np.float32),
+                                 runner.input_size))   # uint8 in, rounded uint8 out
     heatmaps = predict_heatmaps(runner, crop[None], spec, flip_test)
     codec = HeatmapCodec(runner.input_size, runner.stride)
     coords, conf = codec.decode(heatmaps, refine=refine)
