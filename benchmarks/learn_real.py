@@ -11,7 +11,7 @@ What it does, in order:
    img0090-img0115 to "val" (a generated ``--val_images`` list, ``held_out.txt``), with a
    match-point file ``leftear,rightear,h`` (seen from above, a mirror image swaps the ears).
    The list and the file are written into ``--out``.
-2. Trains with ``model.trainer.Trainer`` (unchanged) within ``--minutes`` of wall-clock time
+2. Trains with ``model.trainer.Trainer`` within ``--minutes`` of wall-clock time
    (CPU unless TensorFlow sees a GPU): a short warm-up run at the full learning rate
    measures steps/s, setup and evaluation time; the main run starts from the warm-up's
    weights and gets the number of steps that fits the rest of the budget (at 90% of the
@@ -242,38 +242,22 @@ class RunTiming:
 
 
 def run_trainer(cfg, spec, weights_out: Optional[str] = None) -> tuple[dict, RunTiming]:
-    """Build a Trainer, train, and time its parts (the bound train loop and evaluate are
-    wrapped with timers; the Trainer itself is unchanged). `weights_out` (``*.weights.h5``):
-    also save the trained weights there, which the next run loads without building a model."""
+    """Build a Trainer, train, and time its parts (from the trainer's own loop and evaluation
+    timings). `weights_out` (``*.weights.h5``): also save the trained weights there, which the
+    next run loads without building a model."""
     import tensorflow as tf
 
     from model.trainer import Trainer, write_run_config
-    timing = RunTiming()
     started = time.time()
     trainer = Trainer(cfg, tf.distribute.get_strategy(), spec)
     write_run_config(cfg.log_dir, cfg, spec)
-    loop, evaluate = trainer._train_loop, trainer.evaluate
-
-    def timed_loop(iterator, num_steps):
-        t0 = time.time()
-        out = loop(iterator, num_steps)
-        float(out[0].numpy())                      # wait for the steps to finish
-        timing.loops.append((int(num_steps.numpy()), time.time() - t0))
-        return out
-
-    def timed_evaluate():
-        t0 = time.time()
-        result = evaluate()
-        timing.evals.append(time.time() - t0)
-        return result
-
-    trainer._train_loop, trainer.evaluate = timed_loop, timed_evaluate
     summary = trainer.train()
     if weights_out:
         tmp = weights_out.replace(".weights.h5", f".tmp-{os.getpid()}.weights.h5")
         trainer.model.save_weights(tmp)
         os.replace(tmp, weights_out)
-    timing.total_s = time.time() - started
+    timing = RunTiming(total_s=time.time() - started, loops=list(trainer.loop_seconds),
+                       evals=list(trainer.eval_seconds))
     return summary, timing
 
 

@@ -219,6 +219,8 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, writable_dir(self.ckpt_dir, strategy), max_to_keep=2)
         self.resumed_from = None
+        self.loop_seconds: list[tuple[int, float]] = []   # (steps, wall s) of each loop call
+        self.eval_seconds: list[float] = []               # wall s of each evaluation
         latest = tf.train.latest_checkpoint(self.ckpt_dir)
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -442,6 +444,7 @@ class Trainer:
                 loss, stacks = self._train_loop(iterator, tf.constant(n))
                 loss = float(loss.numpy())
                 dt = time.time() - t0
+                self.loop_seconds.append((n, dt))
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"loss became {loss} at step {step + n} (epoch {epoch}); lower "
@@ -459,7 +462,10 @@ class Trainer:
                 if step % cfg.checkpoint_steps == 0:
                     self._save_checkpoint()
             last = {"epoch": epoch, "loss": loss}
+            t0 = time.time()
             result = self.evaluate()
+            if result is not None:
+                self.eval_seconds.append(time.time() - t0)
             if result is not None:
                 last.update(val_pck=result["pck"], val_loss=result["loss"])
                 self._write_val_summaries(result)
