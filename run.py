@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--crop_mode", choices=("box", "frame"), default="box",
                    help="box: the record's person box; frame: the whole image letterboxed")
     t.add_argument("--no_augment", action="store_true", help="train without augmentation")
+    t.add_argument("--rotated_sampler", choices=("xla", "projective"), default="xla",
+                   help="warp of rotated crops: XLA-compiled gathers (faster) or "
+                        "ImageProjectiveTransformV3 (no XLA needed)")
     t.add_argument("--quiet", action="store_true")
 
     e = sub.add_parser("eval", help="PCK, COCO OKS AP, PCKh of a .keras, SavedModel or .tflite model")

@@ -1,16 +1,22 @@
 """Input pipeline throughput: the full train pipeline against a read+decode floor.
 
-(a) floor: read TFRecords + parse the Example + decode the JPEG + a plain crop-resize of the
-    padded person box to the input size (``tf.image.crop_and_resize``);
-(b) full: the train pipeline (``pipeline.parser.Parser.parse_train``: one affine warp of
-    the source window, rotation/scale/flip/translation, colour jitter, 17 Gaussian heatmaps
-    at 256x256 input). Rotated crops (``rotation_prob``) use ImageProjectiveTransformV3,
-    about 3x the cost of crop_and_resize per output pixel; the others crop_and_resize.
+(a) floor: read TFRecords + parse the Example + decode the whole JPEG + a plain crop-resize
+    of the padded person box to the input size (``tf.image.crop_and_resize`` straight from
+    the uint8 image, rounded to uint8 like the full pipeline's output);
+(b) full: the train pipeline (``Parser.decode`` + ``Parser.parse_train``: the JPEG decoded
+    only inside the window the crop reads, one affine warp of that window,
+    rotation/scale/flip/translation, colour jitter, 17 Gaussian heatmaps at 256x256 input).
+    Rotated crops (``rotation_prob``, 0.6) use ImageProjectiveTransformV3, about 2.5x the
+    cost of crop_and_resize per output pixel; the others crop_and_resize.
 Both run through the same ``InputReader`` (interleave, shuffle, parallel map, batch,
 prefetch, AUTOTUNE) on the same records, alternating rounds; the best round of each counts.
 CPU ms per example are printed too: on a shared machine they are steadier than examples/s.
+``--breakdown`` adds variants (no rotation, every crop rotated, no colour jitter, rotated
+crops by ImageProjectiveTransformV3 instead of XLA gathers, and a floor that also decodes
+only its box) to show where the time goes. Rounds start with ``warmup`` batches (XLA
+compiles its sampler once per window-size bucket in the first ones).
 
-    python -m benchmarks.input_pipeline [--tfrecords 'dir/train-*.tfrecord']
+    python -m benchmarks.input_pipeline [--tfrecords 'dir/train-*.tfrecord'] [--breakdown]
 
 Without --tfrecords it writes the coco_val_mini persons to a temporary folder first.
 Prints examples/s of each and, last, ``ratio: b/a``.
@@ -49,11 +55,12 @@ def write_coco_mini_records(directory: str, num_shards: int = 4) -> str:
     return os.path.join(directory, "bench-*.tfrecord")
 
 
-def floor_parse_fn(config):
-    """decoded -> (uint8 crop of the padded box, resized to the input size, bilinear)."""
+def floor_parse_fn(config, windowed: bool = False):
+    """decoded -> (uint8 crop of the padded box, resized to the input size, bilinear).
+    ``windowed``: for records decoded with ``image=False``, decode only the box's pixels."""
     import tensorflow as tf
 
-    from pipeline import coords
+    from pipeline import affine, coords, decoder
 
     in_h, in_w = config.input_size
 
@@ -63,17 +70,21 @@ def floor_parse_fn(config):
         side = decoded["scale"] * coords.PIXELS_PER_SCALE
         half = tf.stack([ch, cw]) * side / (2.0 * coords.PIXELS_PER_SCALE)
         centre = tf.stack([decoded["center"][1], decoded["center"][0]])
-        size = tf.cast(tf.stack([decoded["height"], decoded["width"]]), tf.float32)
+        size = tf.cast(decoder.image_size(decoded), tf.float32)
         box = tf.concat([(centre - half) / size, (centre + half) / size], 0)
-        image = tf.cast(decoded["image"], tf.float32)[tf.newaxis]
-        crop = tf.image.crop_and_resize(image, box[tf.newaxis], [0], (in_h, in_w))[0]
-        crop = tf.cast(tf.clip_by_value(tf.round(crop), 0.0, 255.0), tf.uint8)
-        return crop, {"keypoints": decoded["keypoints"]}
+        image = decoded["image"] if "image" in decoded else None
+        if windowed:   # the pixels of the box (clamped to the image), box relative to them
+            lo = tf.clip_by_value(tf.floor(centre - half), 0.0, size - 1.0)
+            hi = tf.clip_by_value(tf.math.ceil(centre + half) + 1.0, lo + 1.0, size)
+            image = decoder.read_window(decoded, tf.cast(tf.concat([lo, hi], 0), tf.int32))
+            box = tf.concat([(centre - half - lo), (centre + half - lo)], 0) / tf.tile(hi - lo, [2])
+        crop = tf.image.crop_and_resize(image[tf.newaxis], box[tf.newaxis], [0], (in_h, in_w))[0]
+        return affine.to_uint8(crop), {"keypoints": decoded["keypoints"]}
 
     return parse
 
 
-def measure(dataset, batches: int, warmup: int = 3) -> tuple[float, float]:
+def measure(dataset, batches: int, warmup: int = 30) -> tuple[float, float]:
     """(examples per second, process CPU ms per example) over ``batches`` batches after
     ``warmup``. CPU time is less disturbed by other programs on a shared machine."""
     it = iter(dataset)
@@ -93,11 +104,17 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--batches", type=int, default=40, help="timed batches per round")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time variants: no rotation, all rotated, no jitter, projective "
+                        "sampler, windowed floor")
     args = p.parse_args(argv)
+
+    import dataclasses
 
     import tensorflow as tf
 
     from configs.keypoints import builtin_spec
+    from pipeline import decoder
     from pipeline.input_reader import InputReader
     from pipeline.parser import Parser, ParserConfig
 
@@ -105,8 +122,19 @@ def main(argv=None) -> int:
         pattern = args.tfrecords or write_coco_mini_records(tmp)
         config = ParserConfig()
         parser = Parser(config, builtin_spec("coco"))
-        pipelines = {name: InputReader(pattern, fn, is_training=True, global_batch_size=args.batch_size)()
-                     for name, fn in (("floor", floor_parse_fn(config)), ("full", parser))}
+        variants = {"floor": (floor_parse_fn(config), None), "full": (parser, None)}
+        if args.breakdown:
+            spec = builtin_spec("coco")
+            for name, change in (("no_rotation", {"rotation_prob": 0.0}),
+                                 ("all_rotated", {"rotation_prob": 1.0}),
+                                 ("no_jitter", {"color_jitter": 0.0}),
+                                 ("projective_sampler", {"rotated_sampler": "projective"})):
+                variants[name] = (Parser(dataclasses.replace(config, **change), spec), None)
+            variants["floor_windowed"] = (floor_parse_fn(config, windowed=True),
+                                          lambda s: decoder.decode(s, image=False))
+        pipelines = {name: InputReader(pattern, fn, is_training=True, global_batch_size=args.batch_size,
+                                       decode_fn=decode_fn)()
+                     for name, (fn, decode_fn) in variants.items()}
         rates = {name: [] for name in pipelines}
         cpu = {name: [] for name in pipelines}
         for r in range(args.rounds):
@@ -122,6 +150,9 @@ def main(argv=None) -> int:
           f"{least['floor']:.2f} CPU ms/example")
     print(f"full (train: warp+augment+17 heatmaps, 256x256): {best['full']:.1f} examples/s, "
           f"{least['full']:.2f} CPU ms/example")
+    for name in pipelines:
+        if name not in ("floor", "full"):
+            print(f"{name}: {best[name]:.1f} examples/s, {least[name]:.2f} CPU ms/example")
     print(f"cpu_ratio (floor CPU ms / full CPU ms): {least['floor'] / least['full']:.3f}")
     print(f"ratio: {best['full'] / best['floor']:.3f}")
     return 0

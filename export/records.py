@@ -1,6 +1,6 @@
 """Crops from converted TFRecords through the real eval parser, for calibration and checks.
 
-The crops are exactly what evaluation feeds a model: `pipeline.decoder.decode` then
+The crops are exactly what evaluation feeds a model: `Parser.decode` then
 `Parser.parse_eval` (crop mode, padding and input size from the model), uint8 RGB. So the
 int8 calibration, the verification and the device see the same pixels.
 """
@@ -72,7 +72,6 @@ def eval_dataset(tfrecords: str, split: str, spec: KeypointSpec, input_size: Seq
     drawn across shards in turn (the first N records cover every shard)."""
     import tensorflow as tf
 
-    from pipeline import decoder
     from pipeline.parser import Parser, ParserConfig
 
     files = split_files(tfrecords, split)
@@ -82,7 +81,7 @@ def eval_dataset(tfrecords: str, split: str, spec: KeypointSpec, input_size: Seq
                                  crop_mode=crop_mode, padding=float(padding)), spec)
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
         tf.data.TFRecordDataset, cycle_length=len(files), block_length=1)
-    return ds.map(lambda s: parser.parse_eval(decoder.decode(s)), num_parallel_calls=tf.data.AUTOTUNE,
+    return ds.map(lambda s: parser.parse_eval(parser.decode(s)), num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
 
 

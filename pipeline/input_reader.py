@@ -6,7 +6,9 @@
 
 ``parser`` is a ``pipeline.parser.Parser`` (``parse_train`` or ``parse_eval`` is picked once,
 from ``is_training``) or a plain function of the mode's signature: ``fn(decoded, seed)`` in
-training, ``fn(decoded)`` in eval. ``decode_fn`` defaults to ``pipeline.decoder.decode``.
+training, ``fn(decoded)`` in eval. ``decode_fn`` defaults to the parser's own ``decode``
+(``Parser.decode``: pixels left encoded for windowed decoding) or else
+``pipeline.decoder.decode``.
 
 Training: the shard files are listed once, sharded by input pipeline
 (``tf.distribute.InputContext``; by record instead when there are fewer files than
@@ -53,7 +55,7 @@ class InputReader:
                  global_batch_size: int, seed: Optional[int] = None,
                  shard_by_input_pipeline: bool = True, repeat: bool = True,
                  shuffle_buffer: int = 1024, cycle_length: int = 8,
-                 decode_fn: Callable = decoder.decode):
+                 decode_fn: Optional[Callable] = None):
         if global_batch_size <= 0:
             raise ValueError(f"global_batch_size must be > 0, got {global_batch_size}")
         self.files = list_files(file_pattern)
@@ -64,7 +66,7 @@ class InputReader:
         self.repeat = repeat
         self.shuffle_buffer = shuffle_buffer
         self.cycle_length = cycle_length
-        self.decode_fn = decode_fn
+        self.decode_fn = decode_fn or getattr(parser, "decode", decoder.decode)
         if hasattr(parser, "parse_train"):
             self.parse_fn = parser.parse_train if is_training else parser.parse_eval
         else:

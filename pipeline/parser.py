@@ -1,7 +1,10 @@
 """Decoded record -> (model input, targets), in train or eval mode.
 
 ``Parser(config, spec)`` exposes ``parse_train(decoded, seed)`` and ``parse_eval(decoded)``;
-the input reader picks one when the pipeline is built. Both return ``(image, labels)``:
+the input reader picks one when the pipeline is built, and decodes records with
+``Parser.decode`` (pixels left encoded: the crop decodes only the window it reads). Both
+parse functions also take records decoded whole (``pipeline.decoder.decode``), and both
+return ``(image, labels)``:
 
 - image: uint8 [H, W, 3] RGB 0-255 (rounded and clipped after warp / jitter; the model
   normalizes).
@@ -36,7 +39,10 @@ class ParserConfig:
     """Crop, target and augmentation settings. Probabilities in [0, 1]; ``rotation_deg`` is
     the largest |angle|; ``translate_frac`` the largest shift as a fraction of the input size;
     ``color_jitter`` the largest relative change of per-channel gain, contrast and
-    saturation; ``vertical_flip_prob`` applies only to specs with vertical flip pairs."""
+    saturation; ``vertical_flip_prob`` applies only to specs with vertical flip pairs;
+    ``rotated_sampler`` warps rotated crops with XLA-compiled gathers ("xla", ~2x faster on
+    CPU) or ImageProjectiveTransformV3 ("projective"); both give the same pixels to float
+    rounding (``pipeline.affine.crop_window``)."""
 
     input_size: tuple[int, int] = (256, 256)
     stride: int = 4
@@ -50,8 +56,12 @@ class ParserConfig:
     vertical_flip_prob: float = 0.5
     translate_frac: float = 0.05
     color_jitter: float = 0.2
+    rotated_sampler: str = "xla"
 
     def __post_init__(self):
+        if self.rotated_sampler not in affine.ROTATED_SAMPLERS:
+            raise ValueError(f"ParserConfig.rotated_sampler must be one of {affine.ROTATED_SAMPLERS}, "
+                             f"got {self.rotated_sampler!r}")
         if self.crop_mode not in affine.CROP_MODES:
             raise ValueError(f"ParserConfig.crop_mode must be one of {affine.CROP_MODES}, "
                              f"got {self.crop_mode!r}")
@@ -90,7 +100,7 @@ class Parser:
             center, scale * aug["scale_factor"], cfg.padding, cfg.input_size,
             rotation_deg=aug["rotation_deg"], flip=aug["flip"], shift=aug["shift"],
             vertical_flip=aug["vertical_flip"])
-        image = affine.crop_float(decoded["image"], matrix, cfg.input_size)
+        image = self._crop(decoded, matrix)
         if cfg.color_jitter > 0:
             image = color_jitter(image, aug["color"])
         image = affine.to_uint8(image)
@@ -107,7 +117,7 @@ class Parser:
         keypoints, visibility = self._checked_keypoints(decoded)
         center, scale = crop_center_scale(decoded, cfg)
         matrix = affine.crop_matrix(center, scale, cfg.padding, cfg.input_size)
-        image = affine.to_uint8(affine.crop_float(decoded["image"], matrix, cfg.input_size))
+        image = affine.to_uint8(self._crop(decoded, matrix))
         crop_kp = affine.transform_points(matrix, keypoints)
         image, labels = self._finish(image, crop_kp, visibility)
         labels.update({
@@ -123,6 +133,17 @@ class Parser:
             "image_size": tf.stack([decoded["height"], decoded["width"]]),
         })
         return image, labels
+
+    def decode(self, serialized) -> dict:
+        """``pipeline.decoder.decode`` leaving the pixels encoded: the crop decodes only the
+        window it reads (``decoder.read_window``). The input reader uses this."""
+        return decoder.decode(serialized, image=False)
+
+    def _crop(self, decoded: dict, matrix):
+        """Float crop of ``decoded`` (pixels decoded or not) for ``matrix``."""
+        return affine.crop_window(lambda window: decoder.read_window(decoded, window),
+                                  decoder.image_size(decoded), matrix, self.config.input_size,
+                                  rotated=self.config.rotated_sampler)
 
     def _checked_keypoints(self, decoded: dict):
         k = self.num_keypoints
@@ -166,17 +187,23 @@ def draw_augmentation(seed, config: ParserConfig, vertical_allowed: bool) -> dic
     px), color [5] (3 channel gains, contrast, saturation)."""
     u = tf.random.stateless_uniform([12], tf.cast(seed, tf.int64))
     lo, hi = config.scale_range
-    t, j = config.translate_frac, config.color_jitter
-    angle = (2.0 * u[2] - 1.0) * config.rotation_deg
-    in_wh = tf.constant([config.input_size[1], config.input_size[0]], tf.float32)
+    t, j, r = config.translate_frac, config.color_jitter, config.rotation_deg
+    in_w, in_h = float(config.input_size[1]), float(config.input_size[0])
     vflip_prob = config.vertical_flip_prob if vertical_allowed else 0.0
+    # One affine map of the uniforms: u[0] scale, u[2] angle, u[5:7] shift, u[7:12] colour;
+    # u[1], u[3], u[4] are compared with the probabilities.
+    low = tf.constant([lo, 0.0, -r, 0.0, 0.0, -t * in_w, -t * in_h] + [1.0 - j] * 5, tf.float32)
+    span = tf.constant([hi - lo, 0.0, 2.0 * r, 0.0, 0.0, 2.0 * t * in_w, 2.0 * t * in_h]
+                       + [2.0 * j] * 5, tf.float32)
+    v = low + span * u
+    happens = u[1:5] < tf.constant([config.rotation_prob, 0.0, config.flip_prob, vflip_prob])
     return {
-        "scale_factor": lo + (hi - lo) * u[0],
-        "rotation_deg": tf.where(u[1] < config.rotation_prob, angle, 0.0),
-        "flip": u[3] < config.flip_prob,
-        "vertical_flip": u[4] < vflip_prob,
-        "shift": (2.0 * u[5:7] - 1.0) * t * in_wh,
-        "color": 1.0 + (2.0 * u[7:12] - 1.0) * j,
+        "scale_factor": v[0],
+        "rotation_deg": tf.where(happens[0], v[2], 0.0),
+        "flip": happens[2],
+        "vertical_flip": happens[3],
+        "shift": v[5:7],
+        "color": v[7:12],
     }
 
 
@@ -185,15 +212,16 @@ def color_jitter(image, factors):
     per-channel gain, then contrast about the mean luma m of the gained crop, then
     saturation about each pixel's luma (BT.601). All three are linear, so they run as one
     3x3 colour matrix plus an offset: ``out = c·P·G·p + (1 - c)·m`` with G = diag(gains),
-    P = s·I + (1 - s)·1·lumaᵀ. m is measured on every 4th pixel. Returns float, unclipped."""
+    P = s·I + (1 - s)·1·lumaᵀ. m is measured on every 8th pixel of every 8th row.
+    Returns float, unclipped."""
     gains, contrast, saturation = factors[:3], factors[3], factors[4]
     luma = tf.constant(_GREY, tf.float32)
-    mean_rgb = tf.reduce_mean(image[::4, ::4], axis=[0, 1])
-    mean = tf.reduce_sum(luma * gains * mean_rgb)
-    sat = saturation * tf.eye(3) + (1.0 - saturation) * tf.ones([3, 1]) * luma[tf.newaxis, :]
-    colour = contrast * sat * gains[tf.newaxis, :]          # rows: output channel
+    mean = tf.reduce_sum(luma * gains * tf.reduce_mean(image[::8, ::8], axis=[0, 1]))
+    grey = tf.constant([_GREY] * 3, tf.float32)                       # 1·lumaᵀ
+    colour = contrast * (saturation * tf.eye(3) + (1.0 - saturation) * grey) * gains
+    offset = tf.fill([3], (1.0 - contrast) * mean)
     flat = tf.reshape(image, [-1, 3])
-    out = tf.linalg.matmul(flat, colour, transpose_b=True) + (1.0 - contrast) * mean
+    out = tf.nn.bias_add(tf.linalg.matmul(flat, colour, transpose_b=True), offset)  # one fused op on CPU
     return tf.reshape(out, tf.shape(image))
 
 

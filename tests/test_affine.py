@@ -259,6 +259,36 @@ def test_resize_and_projective_samplers_agree(coco_image, flip, vflip):
         assert err.max() < 0.01 and err.mean() < 1e-3, (err.max(), err.mean())
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.floats(-60.0, 260.0), st.floats(-60.0, 200.0), st.floats(0.2, 2.0), angles, st.booleans(),
+       st.sampled_from([0.0, 9.0]), st.sampled_from(["uint8", "float32"]))
+def test_xla_and_projective_rotated_samplers_agree(coco_image, cx, cy, scale, angle, flip, fill, dtype):
+    """The XLA gather sampler equals ImageProjectiveTransformV3 on the same window, for any
+    rotation and flip, crops reaching past the window, uint8 or float pixels, eagerly and
+    inside tf.data (where it is compiled per bucket of window pixel counts)."""
+    image = tf.cast(tf.constant(coco_image[40:200, 100:330]), dtype)
+    m = affine.crop_matrix((cx, cy), scale, 1.25, (64, 48), rotation_deg=angle, flip=flip)
+    params = tf.cast(affine.sampling_transform(m)[:6], tf.float64)
+    xla = affine.gather_window(image, params, (64, 48), fill).numpy()
+    reference = affine.project_window(image, params, (64, 48), fill).numpy()
+    err = np.abs(xla - reference)
+    assert err.max() < 0.02 and err.mean() < 1e-3, (err.max(), err.mean())
+    ds = tf.data.Dataset.from_tensors((image, params)).map(
+        lambda im, p: affine.gather_window(im, p, (64, 48), fill))
+    np.testing.assert_allclose(next(iter(ds)).numpy(), xla, atol=1e-4)
+
+
+def test_xla_sampler_beyond_the_largest_bucket_takes_the_projective_op(coco_image, monkeypatch):
+    image = tf.constant(coco_image[:100, :100])
+    m = affine.crop_matrix((50.0, 50.0), 0.5, 1.25, (32, 32), rotation_deg=20.0)
+    params = tf.cast(affine.sampling_transform(m)[:6], tf.float64)
+    monkeypatch.setattr(affine, "_BUCKETS", (64, 96))            # 100x100 = 10000 px > 96
+    out = affine.gather_window(image, params, (32, 32)).numpy()
+    np.testing.assert_array_equal(out, affine.project_window(image, params, (32, 32)).numpy())
+    with pytest.raises(ValueError, match="rotated must be one of"):
+        affine.crop_window(lambda w: image, (100, 100), m, (32, 32), rotated="nearest")
+
+
 def test_source_window_covers_what_the_crop_reads(coco_image):
     """The window is small for a small crop, clamped to the image, and at least one pixel
     when the crop misses the image entirely (then the crop is all fill)."""
@@ -273,3 +303,12 @@ def test_source_window_covers_what_the_crop_reads(coco_image):
     y0, x0, y1, x1 = affine.source_window(far, (h, w), (64, 64)).numpy()
     assert 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w
     assert affine.crop_float(coco_image, far, (64, 64)).numpy().max() == 0.0
+
+
+def test_to_uint8_rounds_half_up_and_clips():
+    values = np.concatenate([np.arange(-3.0, 260.0, 0.25), [0.49999997, 0.5, 254.5, 255.49, 1e9, -1e9],
+                             np.random.default_rng(0).uniform(-20.0, 280.0, 20000)]).astype(np.float32)
+    want = np.clip(np.floor(values + np.float32(0.5)), 0, 255).astype(np.uint8)   # float32 sum, as TF
+    np.testing.assert_array_equal(affine.to_uint8(values).numpy(), want)
+    image = tf.reshape(tf.constant(values[:3 * 1000]), [10, 100, 3])
+    np.testing.assert_array_equal(affine.to_uint8(image).numpy(), want[:3000].reshape(10, 100, 3))

@@ -11,7 +11,7 @@ KEYS = {"image": (np.uint8, 3), "height": (np.int32, 0), "width": (np.int32, 0),
         "source_id": (object, 0), "filename": (object, 0), "keypoints": (np.float32, 2),
         "visibility": (np.int32, 1), "center": (np.float32, 1), "scale": (np.float32, 0),
         "bbox": (np.float32, 1), "head_size": (np.float32, 0), "annotation_id": (np.int64, 0),
-        "area": (np.float32, 0)}
+        "area": (np.float32, 0), "encoded": (object, 0)}
 
 
 def _check_against_record(out: dict, record, image_bytes: bytes):
@@ -20,6 +20,7 @@ def _check_against_record(out: dict, record, image_bytes: bytes):
         assert np.asarray(out[key]).ndim == rank, key
         if dtype is not object:
             assert np.asarray(out[key]).dtype == dtype, key
+    assert out["encoded"] == image_bytes
     assert out["image"].shape == (record.height, record.width, 3)
     np.testing.assert_array_equal(out["image"], tf.io.decode_image(image_bytes, channels=3).numpy())
     assert (out["height"], out["width"]) == (record.height, record.width)
@@ -81,4 +82,36 @@ def test_keypoint_fields_of_different_length_fail(coco_examples, coco_records):
     bad = _edit(coco_examples[0], **{schema.HG_Y: ("float_list", [1.0, 2.0])})
     with pytest.raises(tf.errors.InvalidArgumentError, match="differ in length") as err:
         decoder.decode(bad)
+    assert records[0].filename in str(err.value)
+
+
+def _windows(h: int, w: int) -> list:
+    """Windows (y0, x0, y1, x1) touching every border, one pixel, odd offsets, the whole."""
+    return [(0, 0, h, w), (0, 0, 1, 1), (h - 1, w - 1, h, w), (3, 5, h // 2 + 7, w // 3 + 11),
+            (h // 3, w // 2, h, w), (17, 0, 18, w), (0, 33, h, 35)]
+
+
+def test_window_decode_equals_a_slice_of_the_full_decode(tfrun, coco_examples, dlc_example):
+    """JPEG (cropped libjpeg decoding) and PNG (full decode, sliced): the same pixels."""
+    for example in (coco_examples[0], coco_examples[7], dlc_example[0]):
+        full = decoder.decode(example)["image"].numpy()
+        h, w = full.shape[:2]
+
+        def read_all(s):
+            lazy = decoder.decode(s, image=False)
+            assert "image" not in lazy
+            return [decoder.read_window(lazy, win) for win in _windows(h, w)]
+
+        eager, graph = tfrun(read_all, tf.constant(example))
+        for (y0, x0, y1, x1), e, g in zip(_windows(h, w), eager, graph):
+            np.testing.assert_array_equal(e, full[y0:y1, x0:x1])
+            np.testing.assert_array_equal(g, full[y0:y1, x0:x1])
+
+
+def test_window_decode_checks_the_stored_size_first(coco_examples, coco_records):
+    records, _ = coco_records
+    bad = _edit(coco_examples[0], **{schema.WIDTH: ("int64_list", [records[0].width + 9])})
+    lazy = decoder.decode(bad, image=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="re-convert") as err:
+        decoder.read_window(lazy, [0, 0, 10, records[0].width + 9])
     assert records[0].filename in str(err.value)
