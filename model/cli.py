@@ -71,9 +71,9 @@ def _records_from_dataset_path(args) -> str:
 
 def parser_config(args, input_size, crop_mode: str, augment: bool):
     from pipeline.parser import ParserConfig
-    cfg = ParserConfig(input_size=tuple(input_size), crop_mode=crop_mode,
-                       rotated_sampler=getattr(args, "rotated_sampler", None) or "xla",
-                       **({"sigma": args.sigma} if getattr(args, "sigma", None) else {}))
+    overrides = {name: getattr(args, name) for name in ("sigma", "rotated_sampler")
+                 if getattr(args, name, None)}
+    cfg = ParserConfig(input_size=tuple(input_size), crop_mode=crop_mode, **overrides)
     if not augment:
         cfg = dataclasses.replace(cfg, rotation_prob=0.0, flip_prob=0.0, scale_range=(1.0, 1.0),
                                   translate_frac=0.0, color_jitter=0.0)

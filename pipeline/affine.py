@@ -178,13 +178,10 @@ def to_original_np(matrix, crop_points) -> np.ndarray:
 def _sampling_params(matrix) -> tf.Tensor:
     """float64 [..., 6] (a, b, tx, c, d, ty): output pixel index (j, i) -> input pixel index
     (a·j + b·i + tx, c·j + d·i + ty), i.e. index = inv · (output index + 0.5) - 0.5."""
-    m = tf.cast(tf.convert_to_tensor(matrix), tf.float64)
-    a, b, tx, c, d, ty = tf.unstack(tf.reshape(m[..., :2, :], tf.concat([tf.shape(m)[:-2], [6]], 0)), axis=-1)
-    inv = tf.stack([d, -b, -c, a], -1) / (a * d - b * c)[..., tf.newaxis]   # [ia, ib, ic, id]
-    # inv · (p + 0.5) - 0.5 - inv · t, per row: (ia, ib) · (0.5 - tx, 0.5 - ty) - 0.5.
-    centred = tf.stack([0.5 - tx, 0.5 - ty, 0.5 - tx, 0.5 - ty], -1) * inv
-    offsets = tf.stack([centred[..., 0] + centred[..., 1], centred[..., 2] + centred[..., 3]], -1) - 0.5
-    return tf.concat([inv[..., :2], offsets[..., :1], inv[..., 2:], offsets[..., 1:]], -1)
+    inv = _invert64(matrix)[..., :2, :]                               # [..., 2, 3]
+    t = inv[..., 2] + 0.5 * (inv[..., 0] + inv[..., 1]) - 0.5
+    params = tf.concat([inv[..., :2], t[..., tf.newaxis]], -1)
+    return tf.reshape(params, tf.concat([tf.shape(params)[:-2], [6]], 0))
 
 
 def sampling_transform(matrix) -> tf.Tensor:

@@ -88,9 +88,7 @@ def read_window(decoded: dict, window) -> tf.Tensor:
     window = tf.convert_to_tensor(window, tf.int32)
     begin, size = window[:2], window[2:] - window[:2]
     if "image" in decoded:
-        part = tf.slice(decoded["image"], tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
-        part.set_shape([None, None, decoded["image"].shape[-1]])
-        return part
+        return _slice(decoded["image"], begin, size)
     encoded = decoded["encoded"]
 
     def jpeg_window():
@@ -99,11 +97,17 @@ def read_window(decoded: dict, window) -> tf.Tensor:
             return tf.io.decode_and_crop_jpeg(encoded, tf.concat([begin, size], 0), channels=3)
 
     def other_window():
-        image = _decode_image(encoded, decoded)
-        return tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
+        return _slice(_decode_image(encoded, decoded), begin, size)
 
     part = tf.cond(tf.io.is_jpeg(encoded), jpeg_window, other_window)
     part.set_shape([None, None, 3])
+    return part
+
+
+def _slice(image, begin, size):
+    """Rows begin[0].. and columns begin[1].. of ``image`` [H, W, C], ``size`` (h, w) of them."""
+    part = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
+    part.set_shape([None, None, image.shape[-1]])
     return part
 
 

@@ -53,7 +53,8 @@ TINY = ["--num_stacks", "1", "--mobile", "--tiny", "--model_image_size", "64x64"
 
 
 def test_mirrored_two_logical_cpus(synthetic_records, tmp_path):
-    """The same loop under MirroredStrategy with two logical CPU devices."""
+    """The same loop under MirroredStrategy with two logical CPU devices (rotated crops by
+    ImageProjectiveTransformV3 here: the other runs use the default XLA sampler)."""
     script = f"""
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
@@ -67,11 +68,14 @@ sys.exit(run.main(sys.argv[1:]))
     log_dir = str(tmp_path / "logs")
     proc = subprocess.run(
         [sys.executable, "-c", script, "train", "--tfrecords", synthetic_records, "--log_dir", log_dir,
-         "--total_epoch", "1", "--steps_per_epoch", "4", "--steps_per_loop", "2"] + TINY,
+         "--total_epoch", "1", "--steps_per_epoch", "4", "--steps_per_loop", "2",
+         "--rotated_sampler", "projective"] + TINY,
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.path.isfile(os.path.join(log_dir, "final.keras"))
     assert open(os.path.join(log_dir, "val.txt")).read().startswith("Epoch 1:")
+    config = json.load(open(os.path.join(log_dir, "run_config.json")))
+    assert config["parser"]["rotated_sampler"] == "projective"
 
 
 def _free_ports(n):
