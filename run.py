@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--classes_path", help="keypoint names, one a line (default: the records')")
         sp.add_argument("--matchpoint_path", help="flip pairs 'a,b,h' (default: the records')")
         sp.add_argument("--skeleton_path", help="limbs 'a,b,color' (default: the records')")
+        sp.add_argument("--sigmas_path", help="OKS sigmas 'name,sigma', one per keypoint (default: "
+                        "the records'; COCO's 17 keypoints get COCO's)")
 
     t = sub.add_parser("train", help="train a model (the default mode)")
     t.add_argument("--tfrecords", help="folder written by convert_to_tfrecord.py")
@@ -76,7 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tpu", nargs="?", const="", help="train on a TPU (optionally its name/address)")
     t.add_argument("--mixed_precision", action="store_true", help="float16 compute, float32 outputs")
     t.add_argument("--jit_compile", action="store_true", help="XLA-compile the train step")
-    t.add_argument("--log_dir", default="logs/000")
+    t.add_argument("--foreground_weight", type=float, default=0.0,
+                   help="weigh each heatmap pixel 1 + F x target in the loss (0: plain MSE; 10 leaves "
+                        "the all-zero plateau sooner when training from scratch)")
+    t.add_argument("--log_dir", default="logs/000",
+                   help="outputs and checkpoints; relaunching the same command resumes the run in "
+                        "it, a different run there is refused")
+    t.add_argument("--overwrite_log_dir", action="store_true",
+                   help="delete the training outputs already in --log_dir (checkpoints, summaries, "
+                        "val.txt, models) and start from step 0; do not leave it in a command "
+                        "that is relaunched to resume")
     t.add_argument("--seed", type=int, help="seed for augmentation and data order (reproducible)")
     t.add_argument("--steps_per_loop", type=int, default=50, help="train steps per tf.function call")
     t.add_argument("--steps_per_epoch", type=int, help="default: train records // batch size")
@@ -91,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "ImageProjectiveTransformV3 (no XLA needed)")
     t.add_argument("--quiet", action="store_true")
 
-    e = sub.add_parser("eval", help="PCK, COCO OKS AP, PCKh of a .keras, SavedModel or .tflite model")
+    e = sub.add_parser("eval", help="PCK, torso PCK, COCO OKS AP, PCKh of a .keras, SavedModel or "
+                       ".tflite model")
     e.add_argument("--model_path", required=True)
     e.add_argument("--tfrecords", required=True)
     e.add_argument("--split", default="val")
@@ -118,12 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _damaged_records(args, error: BaseException) -> str:
+    """The message for a DataLossError met while reading the records of this run."""
+    from pipeline.records import data_loss_error
+    folder = getattr(args, "tfrecords", None) or os.path.join(args.dataset_path, "tfrecords")
+    splits = [args.split] if args.mode == "eval" else None
+    return str(data_loss_error(folder, error, splits))
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in MODES and argv[0] not in ("-h", "--help")):
         argv = ["train"] + argv
     args = build_parser().parse_args(argv)
     from model import cli
+    from pipeline.records import RecordsError, is_data_loss
     try:
         if args.mode == "train":
             result = cli.train(args)
@@ -131,15 +152,30 @@ def main(argv=None) -> int:
             result = cli.evaluate(args)
         else:
             result = cli.predict(args)
-    except cli.UsageError as e:
+    except (cli.UsageError, RecordsError) as e:
         print(f"run.py {args.mode}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:   # a signal stopped training after saving a checkpoint
+        if is_data_loss(e):  # a shard damaged after its size was checked: name it
+            print(f"run.py {args.mode}: error: {_damaged_records(args, e)}", file=sys.stderr)
+            return 2
+        from model.trainer import TrainingInterrupted
+        if not isinstance(e, TrainingInterrupted):
+            raise
+        print(f"run.py train: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     if args.mode == "eval":
         print(json.dumps(result, indent=2))
     elif args.mode == "predict":
         print(f"{result['frames']} frame(s) in {result['seconds']} s ({result['fps']} fps)"
               + (f" -> {', '.join(result['outputs'][:3])}" + (" ..." if len(result['outputs']) > 3 else "")
                  if result["outputs"] else ""))
+        skipped = result.get("skipped") or []
+        if skipped:
+            print(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:10])}"
+                  + (" ..." if len(skipped) > 10 else ""))
+        for note in result.get("notes") or []:
+            print(f"note: {note}")
     return 0
 
 

@@ -88,6 +88,7 @@ class Recipe:
     rotation_prob: float = 1.0
     scale_range: tuple[float, float] = (0.75, 1.25)
     flip_prob: float = 0.5
+    foreground_weight: float = 0.0     # model.loss: pixels under a Gaussian weigh 1 + f * target
     seed: int = 0
 
     def parser_config(self):
@@ -102,7 +103,9 @@ class Recipe:
                 f"{128 if self.tiny else 256} channels{', mobile' if self.mobile else ''}, sigma "
                 f"{self.sigma:g}, batch {self.batch_size}, Adam {self.learning_rate:g} cosine, rotation "
                 f"±{self.rotation_deg:g}° (p {self.rotation_prob:g}), scale {self.scale_range[0]:g}-"
-                f"{self.scale_range[1]:g}, flip p {self.flip_prob:g} (ears swapped), seed {self.seed}")
+                f"{self.scale_range[1]:g}, flip p {self.flip_prob:g} (pairs swapped), "
+                + (f"foreground weight {self.foreground_weight:g}, " if self.foreground_weight else "")
+                + f"seed {self.seed}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -141,10 +144,11 @@ class SplitLabels:
     source_ids: list[int]
     keypoints: np.ndarray          # [N, K, 2] original px
     visibility: np.ndarray         # [N, K]
+    boxes: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 4)))  # [N, 4] x, y, w, h
 
 
 def read_split(records: str, split: str, num_keypoints: int) -> SplitLabels:
-    """File names, image ids, keypoints and visibility of every record of `split`."""
+    """File names, image ids, keypoints, visibility and person boxes of every record of `split`."""
     import tensorflow as tf
 
     from model.trainer import split_pattern
@@ -155,8 +159,9 @@ def read_split(records: str, split: str, num_keypoints: int) -> SplitLabels:
         schema.HG_X: tf.io.FixedLenFeature([num_keypoints], tf.float32),
         schema.HG_Y: tf.io.FixedLenFeature([num_keypoints], tf.float32),
         schema.KP_VISIBILITY: tf.io.FixedLenFeature([num_keypoints], tf.int64),
+        schema.HG_BBOX: tf.io.FixedLenFeature([4], tf.float32),
     }
-    files = sorted(tf.io.gfile.glob(split_pattern(records, split)))
+    files = split_pattern(records, split)          # as dataset_info.json lists them, checked
     out = SplitLabels([], [], np.zeros((0, num_keypoints, 2)), np.zeros((0, num_keypoints), int))
     for batch in tf.data.TFRecordDataset(files).batch(256):
         p = tf.io.parse_example(batch, features)
@@ -165,6 +170,7 @@ def read_split(records: str, split: str, num_keypoints: int) -> SplitLabels:
         xy = np.stack([p[schema.HG_X].numpy(), p[schema.HG_Y].numpy()], -1).astype(np.float64)
         out.keypoints = np.concatenate([out.keypoints, xy])
         out.visibility = np.concatenate([out.visibility, p[schema.KP_VISIBILITY].numpy()])
+        out.boxes = np.concatenate([out.boxes, p[schema.HG_BBOX].numpy().astype(np.float64)])
     return out
 
 
@@ -218,6 +224,7 @@ def train_config(recipe: Recipe, records: str, log_dir: str, *, steps_per_epoch:
         learning_rate=recipe.learning_rate, decay_type=decay, total_epoch=total_epoch,
         seed=recipe.seed, steps_per_loop=steps_per_loop, steps_per_epoch=steps_per_epoch,
         checkpoint_steps=max(steps_per_epoch, 1), weights_path=weights_path,
+        foreground_weight=recipe.foreground_weight,
         num_summary_images=0, verbose=verbose, parser=recipe.parser_config())
 
 

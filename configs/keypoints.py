@@ -1,9 +1,12 @@
 """Keypoint definitions: names, flip pairs, skeleton and OKS sigmas, loaded from the
-three text formats of the original tf-keras hourglass project and validated once.
+three text formats of the original tf-keras hourglass project (plus an optional sigma file)
+and validated once.
 
 - classes file: one keypoint name a line; order = heatmap channel order.
 - match-point file: ``nameA,nameB,flip_type`` a line, flip_type ``h`` or ``v``.
 - skeleton file: ``start,end,color`` a line, color ``r``, ``g`` or ``b``.
+- sigma file (optional): ``name,sigma`` a line, one per keypoint: COCO OKS sigmas. Without
+  one, a skeleton of exactly COCO's 17 names gets COCO's sigmas; any other has none (no OKS AP).
 
 Blank lines and lines starting with ``#`` are ignored. Every problem raises
 ``KeypointSpecError`` naming the file and the line.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Optional, Sequence
 
@@ -30,7 +34,9 @@ COCO_OKS_SIGMAS = {
     "left_hip": 0.107, "right_hip": 0.107, "left_knee": 0.087, "right_knee": 0.087,
     "left_ankle": 0.089, "right_ankle": 0.089,
 }
-DEFAULT_OKS_SIGMA = 0.05
+
+# Skeletons shipped in configs/ as <name>_classes.txt, _match_point.txt, _skeleton.txt.
+BUILTIN_DATASETS = ("coco", "mpii", "lsp")
 
 
 class KeypointSpecError(ValueError):
@@ -39,12 +45,22 @@ class KeypointSpecError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class KeypointSpec:
-    """One skeleton: names in channel order, flip pairs, limbs, OKS sigmas."""
+    """One skeleton: names in channel order, flip pairs, limbs, OKS sigmas.
+
+    ``sigmas`` (channel order) is None when the skeleton has none; left None for exactly
+    COCO's 17 names it becomes COCO's sigmas (``default_sigmas``)."""
 
     names: tuple[str, ...]
     flip_pairs: tuple[tuple[int, int], ...] = ()          # horizontal (left/right) pairs
     vertical_flip_pairs: tuple[tuple[int, int], ...] = ()  # top/bottom pairs (`v`)
     skeleton: tuple[tuple[int, int, str], ...] = ()        # (start, end, color r/g/b)
+    sigmas: Optional[tuple[float, ...]] = None             # OKS sigma per keypoint, or None
+
+    def __post_init__(self):
+        if self.sigmas is None:
+            object.__setattr__(self, "sigmas", default_sigmas(self.names))
+        elif len(self.sigmas) != len(self.names):
+            raise KeypointSpecError(f"{len(self.sigmas)} OKS sigmas for {len(self.names)} keypoints")
 
     @property
     def num_keypoints(self) -> int:
@@ -64,29 +80,47 @@ class KeypointSpec:
         return bool(self.vertical_flip_pairs)
 
     @property
-    def oks_sigmas(self) -> tuple[float, ...]:
-        return tuple(COCO_OKS_SIGMAS.get(n, DEFAULT_OKS_SIGMA) for n in self.names)
+    def oks_sigmas(self) -> Optional[tuple[float, ...]]:
+        """OKS sigmas in channel order, or None: the skeleton has no sigmas (no OKS AP)."""
+        return self.sigmas
 
     def to_dict(self) -> dict:
-        """Plain data (names, not indices) for dataset_info.json and export metadata."""
+        """Plain data (names, not indices) for dataset_info.json and export metadata;
+        ``oks_sigmas`` is {name: sigma} or None."""
         n = self.names
         return {
             "keypoint_names": list(n),
             "flip_pairs": [[n[a], n[b], "h"] for a, b in self.flip_pairs]
             + [[n[a], n[b], "v"] for a, b in self.vertical_flip_pairs],
             "skeleton": [[n[a], n[b], c] for a, b, c in self.skeleton],
+            "oks_sigmas": None if self.sigmas is None else dict(zip(n, self.sigmas)),
         }
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> "KeypointSpec":
+        """The inverse of ``to_dict``; a dict without ``oks_sigmas`` (or with null) is read as
+        a skeleton without a sigma file."""
         names = [canonical_name(x) for x in data["keypoint_names"]]
-        return _build(
+        spec = _build(
             names,
             [(a, b, t, f"{source}:flip_pairs[{i}]")
              for i, (a, b, t) in enumerate(data.get("flip_pairs", []))],
             [(a, b, c, f"{source}:skeleton[{i}]") for i, (a, b, c) in enumerate(data.get("skeleton", []))],
             source,
         )
+        given = data.get("oks_sigmas")
+        if given is None:
+            return spec
+        if not isinstance(given, dict):
+            raise KeypointSpecError(f"{source}:oks_sigmas: expected {{name: sigma}} or null, got {given!r}")
+        rows = [(name, value, f"{source}:oks_sigmas[{name!r}]") for name, value in given.items()]
+        return dataclasses.replace(spec, sigmas=_check_sigmas(spec.names, rows, f"{source}:oks_sigmas"))
+
+    def with_sigmas_file(self, sigmas_path: Optional[str]) -> "KeypointSpec":
+        """This spec with the sigmas of ``sigmas_path`` (unchanged when None)."""
+        if not sigmas_path:
+            return self
+        return dataclasses.replace(self, sigmas=read_sigmas(sigmas_path, self.names))
 
     def write(self, directory: str, prefix: str) -> dict[str, str]:
         """Write classes / match-point / skeleton files; returns their paths."""
@@ -101,12 +135,66 @@ class KeypointSpec:
             ),
             "skeleton_path": (f"{prefix}_skeleton.txt", [f"{n[a]},{n[b]},{c}" for a, b, c in self.skeleton]),
         }
+        if self.sigmas is not None:
+            files["sigmas_path"] = (f"{prefix}_sigmas.txt",
+                                    [f"{name},{sigma!r}" for name, sigma in zip(n, self.sigmas)])
         out = {}
         for key, (name, lines) in files.items():
             path = os.path.join(directory, name)
             atomic_write_text(path, "".join(line + "\n" for line in lines))
             out[key] = path
         return out
+
+
+def default_sigmas(names: Sequence[str]) -> Optional[tuple[float, ...]]:
+    """COCO's sigmas when ``names`` are exactly COCO's 17 keypoints (any order), else None:
+    no sigma is ever guessed for a keypoint COCO did not measure."""
+    if len(names) == len(COCO_OKS_SIGMAS) and set(names) == set(COCO_OKS_SIGMAS):
+        return tuple(COCO_OKS_SIGMAS[n] for n in names)
+    return None
+
+
+def _check_sigmas(names: Sequence[str], rows, source: str) -> tuple[float, ...]:
+    """rows: (name, value, where) -> sigmas in channel order; every name once, each value a
+    finite number > 0; errors name ``where`` (file:line)."""
+    index = {n: i for i, n in enumerate(names)}
+    sigmas: list[Optional[float]] = [None] * len(names)
+    first: dict[str, str] = {}
+    for name, value, where in rows:
+        name = canonical_name(str(name))
+        if name not in index:
+            raise KeypointSpecError(f"{where}: unknown keypoint {name!r}; known: {', '.join(names)}")
+        if name in first:
+            raise KeypointSpecError(f"{where}: second sigma for {name!r} (first at {first[name]})")
+        first[name] = where
+        try:
+            sigma = float(value)
+        except (TypeError, ValueError):
+            raise KeypointSpecError(f"{where}: sigma of {name!r} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not math.isfinite(sigma) or sigma <= 0:
+            raise KeypointSpecError(f"{where}: sigma of {name!r} must be a finite number > 0, got {value!r}")
+        sigmas[index[name]] = sigma
+    missing = [n for n, s in zip(names, sigmas) if s is None]
+    if missing:
+        raise KeypointSpecError(f"{source}: no sigma for {len(missing)} keypoint(s): {', '.join(missing)}; "
+                                f"give one 'name,sigma' line per keypoint")
+    return tuple(sigmas)
+
+
+def read_sigmas(sigmas_path: str, names: Sequence[str]) -> tuple[float, ...]:
+    """OKS sigmas of a sigma file (``name,sigma`` a line) in the channel order of ``names``."""
+    rows, last = [], 0
+    for lineno, line in _read_lines(sigmas_path):
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 2:
+            raise KeypointSpecError(
+                f"{sigmas_path}:{lineno}: expected 'name,sigma' (2 comma-separated fields), got {line!r}")
+        rows.append((parts[0], parts[1], f"{sigmas_path}:{lineno}"))
+        last = lineno
+    if not rows:
+        raise KeypointSpecError(f"{sigmas_path}: no 'name,sigma' line; give one per keypoint "
+                                f"({', '.join(names)})")
+    return _check_sigmas(names, rows, f"{sigmas_path}:{last}")
 
 
 def canonical_name(name: str) -> str:
@@ -194,9 +282,11 @@ def read_classes(classes_path: str) -> list[str]:
 
 
 def load_keypoint_spec(classes_path: str, matchpoint_path: Optional[str] = None,
-                       skeleton_path: Optional[str] = None) -> KeypointSpec:
-    """Load and validate the three files (match points and skeleton optional)."""
-    return spec_with_files(read_classes(classes_path), matchpoint_path, skeleton_path, classes_path)
+                       skeleton_path: Optional[str] = None,
+                       sigmas_path: Optional[str] = None) -> KeypointSpec:
+    """Load and validate the files (match points, skeleton and sigmas optional)."""
+    spec = spec_with_files(read_classes(classes_path), matchpoint_path, skeleton_path, classes_path)
+    return spec.with_sigmas_file(sigmas_path)
 
 
 def spec_with_files(names: Sequence[str], matchpoint_path: Optional[str] = None,
@@ -216,9 +306,10 @@ def spec_with_files(names: Sequence[str], matchpoint_path: Optional[str] = None,
 
 
 def builtin_paths(dataset: str) -> dict[str, str]:
-    """Paths of the shipped definition files for 'coco' or 'mpii'."""
-    if dataset not in ("coco", "mpii"):
-        raise KeypointSpecError(f"no built-in keypoint definition for {dataset!r}; use coco or mpii")
+    """Paths of the shipped definition files for 'coco', 'mpii' or 'lsp'."""
+    if dataset not in BUILTIN_DATASETS:
+        raise KeypointSpecError(f"no built-in keypoint definition for {dataset!r}; use one of "
+                                f"{', '.join(BUILTIN_DATASETS)}")
     return {
         "classes_path": os.path.join(CONFIG_DIR, f"{dataset}_classes.txt"),
         "matchpoint_path": os.path.join(CONFIG_DIR, f"{dataset}_match_point.txt"),

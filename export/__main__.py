@@ -66,12 +66,18 @@ def run(args) -> dict:
 
     config = ExportConfig(formats=tuple(args.format), quantizations=tuple(args.quantize),
                           with_decoder=args.with_decoder)
+    from model.runner import ModelFileError, check_geometry
     model, metadata = load_source(args.model_path)
+    try:   # a Keras file that is not an image -> heatmaps model of this project
+        check_geometry(args.model_path, model.inputs[0].shape, model.outputs[-1].shape)
+    except ModelFileError as e:
+        raise ExportError(str(e)) from e
     info = read_info(args.representative) if args.representative else None
     if not metadata.get("keypoint_names") and info is not None:
         print(f"note: no metadata json beside {args.model_path}; using the keypoint definition of "
               f"{args.representative} and crop_mode 'box'", flush=True)
-        metadata = {k: info[k] for k in ("keypoint_names", "flip_pairs", "skeleton") if k in info}
+        metadata = {k: info[k] for k in ("keypoint_names", "flip_pairs", "skeleton", "oks_sigmas")
+                    if k in info}
     calibration = None
     if config.needs_calibration:
         calibration = calibration_from_records(args.representative, args.num_calibration, model, metadata)

@@ -7,19 +7,16 @@ int8 calibration, the verification and the device see the same pixels.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 
 from configs import KeypointSpec
+from pipeline.records import INFO_NAME, RecordsError, data_loss_error, is_data_loss, read_dataset_info
+from pipeline.records import split_files as checked_split_files
 
-INFO_NAME = "dataset_info.json"
-
-
-class RecordsError(ValueError):
-    """A --representative / --tfrecords folder that cannot be used."""
+__all__ = ["Crops", "RecordsError", "read_info", "split_files", "pick_split", "check_spec", "eval_dataset",
+           "load_crops"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,26 +31,27 @@ class Crops:
 
 
 def read_info(tfrecords: str) -> dict:
-    """dataset_info.json of a folder written by convert_to_tfrecord.py."""
-    from pipeline.convert import read_dataset_info
-    try:
-        return read_dataset_info(tfrecords)
-    except ValueError as e:
-        raise RecordsError(str(e)) from e
+    """dataset_info.json of a folder written by convert_to_tfrecord.py (RecordsError otherwise)."""
+    return read_dataset_info(tfrecords)
 
 
 def split_files(tfrecords: str, split: str) -> list[str]:
-    """Sorted shard files of one split; empty when the split does not exist."""
-    return sorted(glob.glob(os.path.join(tfrecords, f"{split}-*-of-*.tfrecord")))
+    """The shard files of one split as dataset_info.json lists them, checked against their
+    listed sizes; empty when the split does not exist or has no records (RecordsError when
+    the folder does not match its dataset_info.json)."""
+    info = read_dataset_info(tfrecords)
+    if not int((info.get("counts") or {}).get(split, 0) or 0):
+        return []
+    return checked_split_files(tfrecords, split, info)
 
 
 def pick_split(tfrecords: str, preferred: Sequence[str]) -> str:
-    """The first split of `preferred` that has shards (calibration: train, then val)."""
+    """The first split of `preferred` that has records (calibration: train, then val)."""
     for split in preferred:
         if split_files(tfrecords, split):
             return split
-    raise RecordsError(f"{tfrecords}: no shards of split(s) {', '.join(preferred)} "
-                       f"(looked for <split>-*-of-*.tfrecord)")
+    raise RecordsError(f"{tfrecords}: no records of split(s) {', '.join(preferred)} in "
+                       f"{tfrecords}/{INFO_NAME}")
 
 
 def check_spec(info: dict, spec: KeypointSpec, tfrecords: str) -> None:
@@ -76,7 +74,7 @@ def eval_dataset(tfrecords: str, split: str, spec: KeypointSpec, input_size: Seq
 
     files = split_files(tfrecords, split)
     if not files:
-        raise RecordsError(f"{tfrecords}: no {split} shards (looked for {split}-*-of-*.tfrecord)")
+        raise RecordsError(f"{tfrecords}/{INFO_NAME}: no {split} records")
     parser = Parser(ParserConfig(input_size=tuple(int(v) for v in input_size), stride=int(stride),
                                  crop_mode=crop_mode, padding=float(padding)), spec)
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
@@ -94,10 +92,15 @@ def load_crops(tfrecords: str, split: str, spec: KeypointSpec, input_size: Seque
     if max_examples is not None:
         ds = ds.take(int(max_examples))
     images, keypoints, weights = [], [], []
-    for image, labels in ds.batch(64):
-        images.append(image.numpy())
-        keypoints.append(labels["keypoints"].numpy())
-        weights.append(labels["weights"].numpy())
+    try:
+        for image, labels in ds.batch(64):
+            images.append(image.numpy())
+            keypoints.append(labels["keypoints"].numpy())
+            weights.append(labels["weights"].numpy())
+    except Exception as e:   # noqa: BLE001 - a damaged shard: name the file
+        if is_data_loss(e):
+            raise data_loss_error(tfrecords, e, [split]) from None
+        raise
     if not images:
         raise RecordsError(f"{tfrecords}: the {split} split has no records")
     return Crops(tfrecords, split, np.concatenate(images), np.concatenate(keypoints),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Optional
 
 from configs import KeypointSpec, KeypointSpecError, load_keypoint_spec
@@ -15,11 +16,15 @@ class UsageError(ValueError):
 
 def resolve_spec(args, info: Optional[dict]) -> KeypointSpec:
     """The keypoint definition: the files given on the command line, else the records' own
-    (with flip pairs / skeleton from files when only those are given). Files that disagree
-    with the records are refused."""
+    (with flip pairs / skeleton / OKS sigmas from files when only those are given). Files that
+    disagree with the records are refused. Without --sigmas_path the records' sigmas are kept."""
+    sigmas_path = getattr(args, "sigmas_path", None)
     try:
         if args.classes_path:
             spec = load_keypoint_spec(args.classes_path, args.matchpoint_path, args.skeleton_path)
+            if info is not None and not sigmas_path and list(info["keypoint_names"]) == list(spec.names):
+                spec = dataclasses.replace(
+                    spec, sigmas=KeypointSpec.from_dict(info, "dataset_info.json").sigmas)
         elif info is None:
             raise UsageError("no keypoint definition: pass --classes_path (and --matchpoint_path, "
                              "--skeleton_path)")
@@ -32,6 +37,7 @@ def resolve_spec(args, info: Optional[dict]) -> KeypointSpec:
                               "vertical_flip_pairs": files.vertical_flip_pairs}
                              if args.matchpoint_path else {}),
                     **({"skeleton": files.skeleton} if args.skeleton_path else {}))
+        spec = spec.with_sigmas_file(sigmas_path)
     except KeypointSpecError as e:
         raise UsageError(str(e)) from e
     if info is not None and list(info["keypoint_names"]) != list(spec.names):
@@ -51,7 +57,9 @@ def _dataset_info(tfrecords: str) -> dict:
 
 
 def _records_from_dataset_path(args) -> str:
-    """Convert the original project's dataset folder once; reuse the cached records after."""
+    """Convert the original project's dataset folder into DATASET_PATH/tfrecords; reuse those
+    records while they still match their source (annotations.json's sha256, the keypoint
+    definition, the shards' listed sizes), otherwise rebuild them, printing one line why."""
     root = args.dataset_path
     annotations = os.path.join(root, "annotations.json")
     images = os.path.join(root, "images")
@@ -60,13 +68,57 @@ def _records_from_dataset_path(args) -> str:
     if not args.classes_path:
         raise UsageError("--dataset_path needs --classes_path (the keypoint names of annotations.json)")
     cache = os.path.join(root, "tfrecords")
-    if os.path.isfile(os.path.join(cache, "dataset_info.json")):
+    try:
+        spec = load_keypoint_spec(args.classes_path, args.matchpoint_path, args.skeleton_path)
+    except KeypointSpecError as e:
+        raise UsageError(str(e)) from e
+    reason = _stale_cache_reason(cache, annotations, spec)
+    if reason is None:
         return cache
-    from pipeline.convert import convert_dataset
-    spec = load_keypoint_spec(args.classes_path, args.matchpoint_path, args.skeleton_path)
-    print(f"converting {annotations} to TFRecords in {cache} (once)", flush=True)
-    convert_dataset("custom", annotations, images, cache, spec=spec)
+    from pipeline.convert import ConversionError, convert_dataset
+    from pipeline.records import INFO_NAME, JOURNAL_NAME, SHARD_RE
+    print(f"{reason}: converting {annotations} to TFRecords in {cache}", flush=True)
+    if os.path.isdir(cache):          # only what the converter wrote there: info, journal, shards
+        import re
+        for name in sorted(os.listdir(cache)):
+            if name in (INFO_NAME, JOURNAL_NAME) or re.fullmatch(SHARD_RE + r"(\.tmp-\d+)?", name):
+                os.remove(os.path.join(cache, name))
+    try:
+        convert_dataset("custom", annotations, images, cache, spec=spec)
+    except (ConversionError, KeypointSpecError) as e:
+        raise UsageError(str(e)) from e
     return cache
+
+
+def _stale_cache_reason(cache: str, annotations: str, spec: KeypointSpec) -> Optional[str]:
+    """Why the records cached in `cache` cannot be reused for `annotations` and `spec`, or None."""
+    from pipeline.records import RecordsError, read_dataset_info, sha256_file, split_files
+    if not os.path.isdir(cache):
+        return "no cached records yet"
+    try:
+        info = read_dataset_info(cache)
+        for split in info.get("splits") or {}:
+            if info["counts"].get(split):
+                split_files(cache, split, info)
+    except RecordsError as e:
+        return f"the cached records are unusable ({e})"
+    sources = [entry.get("source") or {} for entry in (info.get("splits") or {}).values()]
+    stored = [src.get("annotations_fingerprint") for src in sources]
+    if not stored or any(fp is None for fp in stored):
+        return "the cached records do not record which annotations.json they came from"
+    now = os.stat(annotations)
+    digest = sha256_file(annotations)
+    if any(fp["size"] != now.st_size or fp["sha256"] != digest for fp in stored):
+        return (f"{annotations} changed since the cached records were written ({stored[0]['size']} -> "
+                f"{now.st_size} bytes, sha256 differs)")
+    try:
+        cached = KeypointSpec.from_dict(info, os.path.join(cache, "dataset_info.json"))
+    except (KeyError, KeypointSpecError):
+        return "its dataset_info.json holds no valid keypoint definition"
+    if cached.to_dict() != spec.to_dict():
+        return ("the keypoint files (--classes_path, --matchpoint_path, --skeleton_path, "
+                "--sigmas_path) changed")
+    return None
 
 
 def parser_config(args, input_size, crop_mode: str, augment: bool):
@@ -82,7 +134,7 @@ def parser_config(args, input_size, crop_mode: str, augment: bool):
 
 def train(args) -> dict:
     from model.distribute import make_strategy
-    from model.trainer import TrainConfig, Trainer, write_run_config
+    from model.trainer import LogDirError, TrainConfig, Trainer, write_run_config
 
     if bool(args.tfrecords) == bool(args.dataset_path):
         raise UsageError("give exactly one of --tfrecords DIR or --dataset_path DIR")
@@ -100,7 +152,9 @@ def train(args) -> dict:
         total_epoch=args.total_epoch, seed=args.seed, steps_per_loop=args.steps_per_loop,
         steps_per_epoch=args.steps_per_epoch, checkpoint_steps=args.checkpoint_steps,
         mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
+        foreground_weight=args.foreground_weight,
         weights_path=args.weights_path, profile_steps=args.profile_steps, verbose=not args.quiet,
+        overwrite_log_dir=getattr(args, "overwrite_log_dir", False),
         parser=parser_config(args, (h, w), args.crop_mode, augment=not args.no_augment))
     try:
         cfg.validate()
@@ -109,7 +163,10 @@ def train(args) -> dict:
     if args.weights_path and not os.path.exists(args.weights_path):
         raise UsageError(f"--weights_path {args.weights_path}: no such file")
     strategy = make_strategy(tpu=args.tpu, gpu_num=args.gpu_num)
-    trainer = Trainer(cfg, strategy, spec)
+    try:
+        trainer = Trainer(cfg, strategy, spec)
+    except LogDirError as e:
+        raise UsageError(str(e)) from e
     if trainer.chief:
         write_run_config(cfg.log_dir, cfg, spec)
     return trainer.train()
@@ -129,14 +186,28 @@ def evaluate(args) -> dict:
         raise UsageError(f"{args.model_path} predicts {runner.num_keypoints} keypoints, the records "
                          f"have {spec.num_keypoints}")
     annotations = args.annotations
+    if annotations is not None and not os.path.isfile(annotations):
+        raise UsageError(f"--annotations {annotations}: no such file (leave it out to score OKS AP "
+                         f"against the records themselves)")
     source = info.get("splits", {}).get(args.split, {}).get("source") or {}
+    note = None
     if annotations is None and source.get("format") == "coco":
         annotations = source.get("annotations")
+        if annotations and not os.path.isfile(annotations):
+            note = (f"the records' source json {annotations} is gone; OKS AP is scored against the "
+                    f"records (crowd and unlabelled persons of the json are not in them)")
+            annotations = None
     crop_mode = args.crop_mode or info.get("crop_mode", "box")
     metrics = evaluate_model(
         runner, args.tfrecords, args.split, spec, crop_mode=crop_mode, batch_size=args.batch_size,
         flip_test=args.flip_test, refine=args.refine, result_json=args.result_json,
         annotations=annotations, save_result=args.save_result)
+    if note:
+        metrics["coco_note"] = note
+    if "coco_unavailable" in metrics:
+        print(f"run.py eval: no OKS AP: {metrics['coco_unavailable']}", file=sys.stderr)
+    if "pck_torso_unavailable" in metrics:
+        print(f"run.py eval: no torso PCK: {metrics['pck_torso_unavailable']}", file=sys.stderr)
     if args.metrics_json:
         from configs import atomic_write_json
         atomic_write_json(args.metrics_json, metrics)
@@ -165,7 +236,11 @@ def _spec_for_model(args, runner) -> KeypointSpec:
     if args.classes_path:
         spec = resolve_spec(args, None)
     elif runner.metadata.get("keypoint_names"):
-        spec = KeypointSpec.from_dict(runner.metadata, f"{args.model_path} metadata")
+        try:
+            spec = KeypointSpec.from_dict(runner.metadata, f"{args.model_path} metadata")
+            spec = spec.with_sigmas_file(getattr(args, "sigmas_path", None))
+        except KeypointSpecError as e:
+            raise UsageError(str(e)) from e
     else:
         raise UsageError(f"{args.model_path} carries no keypoint names: pass --classes_path "
                          f"(and --skeleton_path to draw limbs)")

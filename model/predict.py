@@ -43,37 +43,8 @@ def predict_image(runner: Runner, spec: KeypointSpec, image_rgb: np.ndarray,
     return transform_points_np(invert_np(matrix), coords), np.asarray(conf)[0]
 
 
-def _frames(source: str) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, RGB frame) from an image, a folder of images, a video file or a webcam index."""
-    if source.isdigit() or os.path.splitext(source)[1].lower() not in IMAGE_EXTENSIONS + ("",):
-        capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
-        if not capture.isOpened():
-            raise FileNotFoundError(f"--input {source}: cannot open it as a video or webcam")
-        try:
-            index = 0
-            while True:
-                ok, bgr = capture.read()
-                if not ok:
-                    break
-                yield f"frame{index:06d}", bgr[..., ::-1]
-                index += 1
-        finally:
-            capture.release()
-        return
-    if os.path.isdir(source):
-        paths = sorted(os.path.join(source, f) for f in os.listdir(source)
-                       if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not paths:
-            raise FileNotFoundError(f"--input {source}: no images in this folder")
-    elif os.path.isfile(source):
-        paths = [source]
-    else:
-        raise FileNotFoundError(f"--input {source}: no such file or folder")
-    for path in paths:
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"{path}: not a readable image")
-        yield os.path.basename(path), bgr[..., ::-1]
+VIDEO_EXTENSIONS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
+DEFAULT_FPS = 25.0      # when the input (a webcam, some containers) reports no frame rate
 
 
 def _is_video(source: str) -> bool:
@@ -81,44 +52,172 @@ def _is_video(source: str) -> bool:
                                 os.path.splitext(source)[1].lower() not in IMAGE_EXTENSIONS)
 
 
+def _input_images(source: str) -> list[str]:
+    """The image paths of an image file or a folder (sorted)."""
+    if os.path.isdir(source):
+        paths = sorted(os.path.join(source, f) for f in os.listdir(source)
+                       if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not paths:
+            raise FileNotFoundError(f"--input {source}: no images in this folder")
+        return paths
+    if os.path.isfile(source):
+        return [source]
+    raise FileNotFoundError(f"--input {source}: no such file or folder")
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def image_output_paths(source: str, paths: list[str], output: str) -> list[str]:
+    """Where each input image's drawing goes: `output` itself for one image given a file
+    name, else OUTPUT/<input name>. ValueError when a path would overwrite an input or has
+    no image extension."""
+    ext = os.path.splitext(output)[1].lower()
+    if os.path.isfile(source) and ext and not os.path.isdir(output):
+        if ext not in IMAGE_EXTENSIONS:
+            raise ValueError(f"--output {output}: an image is written as an image; end the name "
+                             f"in .jpg or .png (or give a folder)")
+        outputs = [output]
+    else:
+        if ext and os.path.isfile(output):
+            raise ValueError(f"--output {output} is a file; a folder of images needs an output folder")
+        outputs = [os.path.join(output, os.path.basename(p)) for p in paths]
+    clashes = [o for o, p in zip(outputs, paths) if _same_file(o, p)]
+    if clashes:
+        raise ValueError(f"--output {output} would overwrite the input image {clashes[0]}"
+                         + (f" and {len(clashes) - 1} more" if len(clashes) > 1 else "")
+                         + "; give another output folder or file name (inputs are never overwritten)")
+    return outputs
+
+
+def video_output_path(source: str, output: str) -> str:
+    """`output` checked for a video input: a video container extension, not the input."""
+    ext = os.path.splitext(output)[1].lower()
+    if ext not in VIDEO_EXTENSIONS:
+        stem = "webcam" if source.isdigit() else os.path.splitext(os.path.basename(source))[0]
+        raise ValueError(f"--output {output}: a video input is written as a video; end the name in "
+                         f"{', '.join(VIDEO_EXTENSIONS)} (e.g. {stem}_pose.mp4)")
+    if not source.isdigit() and _same_file(source, output):
+        raise ValueError(f"--output {output} is the input video; give another file name "
+                         f"(inputs are never overwritten)")
+    return output
+
+
+def _video_frames(capture) -> Iterator[tuple[str, np.ndarray]]:
+    index = 0
+    while True:
+        ok, bgr = capture.read()
+        if not ok or bgr is None:
+            return
+        yield f"frame{index:06d}", bgr[..., ::-1]
+        index += 1
+
+
+def _image_frames(paths: list[str]) -> Iterator[tuple[str, Optional[np.ndarray]]]:
+    """(name, RGB image), or (name, None) for a file OpenCV cannot decode."""
+    for path in paths:
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        yield path, (None if bgr is None else bgr[..., ::-1])
+
+
+def _tmp_name(path: str) -> str:
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.tmp-{os.getpid()}{ext}"
+
+
+def _write_image(path: str, bgr: np.ndarray) -> None:
+    """Temp file then rename: never a half-written image under the final name."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        if not cv2.imwrite(tmp, bgr):
+            raise ValueError(f"cannot write {path}: use a .jpg or .png name in a writable folder")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def run_demo(runner: Runner, spec: KeypointSpec, source: str, output: Optional[str], *,
              bbox=None, refine: str = "dark", flip_test: bool = False,
              conf_threshold: float = 0.1, max_frames: Optional[int] = None) -> dict:
-    """Predict on every frame of `source`; write drawn images or a video to `output`."""
+    """Predict on every frame of `source`; write drawn images or a video to `output`.
+
+    Promises: no input file is ever overwritten (ValueError before any work); images are
+    written atomically; a video keeps the input's frame rate (DEFAULT_FPS when it reports
+    none) and is written to a temporary name, renamed only when complete; unreadable images
+    are skipped and listed in "skipped"; ValueError when no frame could be processed."""
     from model.draw import draw_skeleton
 
     video = _is_video(source)
-    single = os.path.isfile(source) and not video
-    writer, written, count, started = None, [], 0, time.time()
+    capture, fps, expected, paths, outputs = None, None, 0, [], []
+    if video:
+        out_video = video_output_path(source, output) if output else None
+        capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+        if not capture.isOpened():
+            raise FileNotFoundError(f"--input {source}: cannot open it as a video or webcam")
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = float(fps) if fps and 0 < fps <= 1000 else DEFAULT_FPS
+        expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if not source.isdigit() else 0
+        frames = _video_frames(capture)
+    else:
+        paths = _input_images(source)
+        outputs = image_output_paths(source, paths, output) if output else []
+        frames = _image_frames(paths)
+    writer, tmp_video, written, skipped, count, started = None, None, [], [], 0, time.time()
     predictions = []
-    for name, frame in _frames(source):
-        kps, conf = predict_image(runner, spec, frame, bbox=bbox, refine=refine, flip_test=flip_test)
-        predictions.append({"frame": name, "keypoints": kps.round(2).tolist(),
-                            "confidence": conf.round(4).tolist()})
-        drawn = draw_skeleton(frame, kps, conf >= conf_threshold, spec)
-        bgr = np.ascontiguousarray(drawn[..., ::-1])
-        if output and video:
-            if writer is None:
-                os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-                writer = cv2.VideoWriter(output, cv2.VideoWriter_fourcc(*"mp4v"), 25.0,
-                                         (bgr.shape[1], bgr.shape[0]))
-            writer.write(bgr)
-        elif output:
-            path = output if single and os.path.splitext(output)[1] else os.path.join(output, name)
-            if not os.path.splitext(path)[1]:
-                path += ".jpg"
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            tmp = f"{os.path.splitext(path)[0]}.tmp-{os.getpid()}{os.path.splitext(path)[1]}"
-            if not cv2.imwrite(tmp, bgr):
-                raise ValueError(f"cannot write {path}: use a .jpg or .png name")
-            os.replace(tmp, path)
-            written.append(path)
-        count += 1
-        if max_frames and count >= max_frames:
-            break
-    if writer is not None:
-        writer.release()
-        written.append(output)
+    try:
+        for i, (name, frame) in enumerate(frames):
+            if frame is None:
+                skipped.append(name)
+                continue
+            kps, conf = predict_image(runner, spec, frame, bbox=bbox, refine=refine, flip_test=flip_test)
+            predictions.append({"frame": os.path.basename(name), "keypoints": kps.round(2).tolist(),
+                                "confidence": conf.round(4).tolist()})
+            bgr = np.ascontiguousarray(draw_skeleton(frame, kps, conf >= conf_threshold, spec)[..., ::-1])
+            if video and output:
+                if writer is None:
+                    os.makedirs(os.path.dirname(os.path.abspath(out_video)), exist_ok=True)
+                    tmp_video = _tmp_name(out_video)
+                    fourcc = VIDEO_EXTENSIONS[os.path.splitext(out_video)[1].lower()]
+                    writer = cv2.VideoWriter(tmp_video, cv2.VideoWriter_fourcc(*fourcc), fps,
+                                             (bgr.shape[1], bgr.shape[0]))
+                    if not writer.isOpened():
+                        raise ValueError(f"cannot write the video {out_video}: OpenCV has no "
+                                         f"{fourcc} writer for it; try a .mp4 or .avi name")
+                writer.write(bgr)
+            elif output:
+                _write_image(outputs[i], bgr)
+                written.append(outputs[i])
+            count += 1
+            if max_frames and count >= max_frames:
+                break
+        if writer is not None:
+            writer.release()
+            writer = None
+            if not os.path.isfile(tmp_video) or os.path.getsize(tmp_video) == 0:
+                raise ValueError(f"cannot write the video {out_video}: OpenCV wrote nothing")
+            os.replace(tmp_video, out_video)
+            written.append(out_video)
+    finally:
+        if writer is not None:
+            writer.release()
+        if tmp_video and os.path.exists(tmp_video):
+            os.remove(tmp_video)
+        if capture is not None:
+            capture.release()
     seconds = time.time() - started
+    if count == 0:
+        raise ValueError(f"--input {source}: no frame could be processed"
+                         + (f" ({len(skipped)} unreadable image(s): {', '.join(skipped[:5])})"
+                            if skipped else ""))
+    notes = []
+    if video and expected and not max_frames and count < expected:
+        notes.append(f"read {count} of the {expected} frames {source} reports (the rest could "
+                     f"not be decoded)")
     return {"frames": count, "outputs": written, "seconds": round(seconds, 2),
-            "fps": round(count / seconds, 2) if seconds > 0 else None, "predictions": predictions}
+            "fps": round(count / seconds, 2) if seconds > 0 else None, "predictions": predictions,
+            "skipped": skipped, "video_fps": fps if video else None, "notes": notes}

@@ -16,6 +16,9 @@ import math
 import os
 import re
 import shutil
+import signal
+import sys
+import threading
 import time
 from typing import Optional
 
@@ -27,7 +30,16 @@ from configs import KeypointSpec, atomic_write_text
 from model import as_stack_list, build_hourglass
 from model.distribute import is_chief, is_multi_worker, writable_dir
 from model.loss import heatmap_loss_per_example
-from model.metrics import pck_counts, pck_threshold_px, ratio
+from model.metrics import (
+    TORSO_ALPHAS,
+    pck_counts,
+    pck_threshold_px,
+    ratio,
+    torso_diagonals,
+    torso_key,
+    torso_pck_counts,
+    torso_pck_metrics,
+)
 from model.runner import metadata_path, model_metadata, write_metadata
 from pipeline.codec import HeatmapCodec
 from pipeline.convert import read_dataset_info
@@ -36,6 +48,19 @@ from pipeline.parser import Parser, ParserConfig
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class LogDirError(ValueError):
+    """The log dir holds another run (or outputs of unknown origin); run.py exits 2."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT stopped training after a checkpoint at `step` was saved; no final model."""
+
+    def __init__(self, message: str, signum: int, step: int):
+        super().__init__(message)
+        self.signum, self.step = signum, step
+        self.exit_code = 128 + signum       # the shell's convention: 143 for SIGTERM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +86,14 @@ class TrainConfig:
     checkpoint_steps: int = 200
     mixed_precision: bool = False
     jit_compile: bool = False
+    foreground_weight: float = 0.0            # model.loss: 1 + f * target weighs each pixel
     weights_path: Optional[str] = None
     keep_best: int = 3
     num_summary_images: int = 4
     profile_steps: Optional[tuple[int, int]] = None
     verbose: bool = True
     parser: ParserConfig = ParserConfig()
+    overwrite_log_dir: bool = False           # delete a previous run's outputs in log_dir first
 
     def validate(self) -> None:
         if self.optimizer not in ("adam", "rmsprop", "sgd"):
@@ -79,15 +106,18 @@ class TrainConfig:
         if not 0 <= self.init_epoch < self.total_epoch:
             raise ValueError(f"--init_epoch ({self.init_epoch}) must be >= 0 and below "
                              f"--total_epoch ({self.total_epoch})")
+        if not self.foreground_weight >= 0:
+            raise ValueError(f"--foreground_weight must be >= 0, not {self.foreground_weight}")
         if self.steps_per_loop < 1 or self.checkpoint_steps < 1:
             raise ValueError("--steps_per_loop and --checkpoint_steps must be >= 1")
 
 
-def split_pattern(tfrecords: str, split: str) -> str:
-    pattern = os.path.join(tfrecords, f"{split}-*-of-*.tfrecord")
-    if not glob.glob(pattern):
-        raise FileNotFoundError(f"no {split} shards in {tfrecords} (looked for {pattern})")
-    return pattern
+def split_pattern(tfrecords: str, split: str) -> list[str]:
+    """The shard files of `split` exactly as dataset_info.json lists them (never a glob), each
+    checked against its listed size; ``pipeline.records.RecordsError`` (a ValueError naming
+    the file and the repair) when the folder does not match its dataset_info.json."""
+    from pipeline.records import split_files
+    return split_files(tfrecords, split)
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -193,6 +223,12 @@ class Trainer:
         if self.num_train < 1:
             raise ValueError(f"{cfg.tfrecords} has no train records")
         self.steps_per_epoch = cfg.steps_per_epoch or max(1, self.num_train // cfg.batch_size)
+        self.identity = run_identity(cfg, spec, info, self.steps_per_epoch)
+        check_log_dir(cfg.log_dir, self.identity, overwrite=cfg.overwrite_log_dir)
+        if self.chief:
+            if cfg.overwrite_log_dir:
+                clear_run_outputs(cfg.log_dir)
+            write_run_identity(cfg.log_dir, self.identity)   # before the first checkpoint
         self.train_pattern = split_pattern(cfg.tfrecords, "train")
         self.val_pattern = split_pattern(cfg.tfrecords, "val") if self.num_val else None
 
@@ -221,13 +257,19 @@ class Trainer:
         self.resumed_from = None
         self.loop_seconds: list[tuple[int, float]] = []   # (steps, wall s) of each loop call
         self.eval_seconds: list[float] = []               # wall s of each evaluation
-        latest = tf.train.latest_checkpoint(self.ckpt_dir)
+        # --overwrite_log_dir: every process starts from step 0, whatever a slow chief left
+        latest = None if cfg.overwrite_log_dir else tf.train.latest_checkpoint(self.ckpt_dir)
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             self.resumed_from = latest
         elif cfg.weights_path:
             self.skipped_layers = load_matching_weights(self.model, cfg.weights_path)
+        self.purged: dict = {}
+        if self.chief:   # outputs written after the restored step are redone: drop them first
+            self.purged = purge_after_step(cfg.log_dir, int(self.step.numpy()),
+                                           cfg.init_epoch + int(self.step.numpy()) // self.steps_per_epoch)
         self.preemption = self._preemption_handler()
+        self._stop_signal: Optional[int] = None
 
         out = cfg.log_dir if self.chief else writable_dir(cfg.log_dir, strategy)
         self.out_dir = out
@@ -261,7 +303,7 @@ class Trainer:
             with tf.GradientTape() as tape:
                 predictions = model(images, training=True)
                 per_example, per_stack = heatmap_loss_per_example(
-                    labels["heatmaps"], labels["weights"], predictions)
+                    labels["heatmaps"], labels["weights"], predictions, self.cfg.foreground_weight)
                 loss = tf.reduce_sum(per_example) / global_batch
                 scaled = optimizer.scale_loss(loss) if mixed else loss
             grads = tape.gradient(scaled, model.trainable_variables)
@@ -305,16 +347,24 @@ class Trainer:
             return total / n, stacks / n
 
         codec, threshold = self.codec, self.pck_threshold
+        diagonals = torso_diagonals(self.spec.names)
 
         def replica_eval(batch):
             images, labels = batch
             predictions = as_stack_list(model(images, training=False))
-            per_example, _ = heatmap_loss_per_example(
-                labels["heatmaps"], labels["weights"], predictions)
+            per_example, _ = heatmap_loss_per_example(    # the training loss, on val
+                labels["heatmaps"], labels["weights"], predictions, self.cfg.foreground_weight)
             coords, _ = codec.decode(predictions[-1], refine="dark")
             correct, total = pck_counts(coords, labels["keypoints"], labels["weights"], threshold)
             count = tf.cast(tf.shape(images)[0], tf.float32)
-            return correct, total, tf.reduce_sum(per_example), count
+            # Torso PCK in crop pixels (the crop is a similarity: same ratios as original pixels),
+            # over labelled joints, as model.evaluation scores it.
+            import tensorflow.experimental.numpy as tnp
+            t_correct, t_total, t_scored, t_without = torso_pck_counts(
+                tf.cast(coords, tf.float32), tf.cast(labels["keypoints"], tf.float32),
+                labels["visibility"] > 0, diagonals, TORSO_ALPHAS, xp=tnp)
+            return (correct, total, tf.reduce_sum(per_example), count, t_correct, t_total,
+                    tf.stack([t_scored, t_without]))
 
         @tf.function
         def eval_step(batch):
@@ -324,29 +374,45 @@ class Trainer:
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self) -> Optional[dict]:
-        """Validation loss and PCK (overall, per keypoint) over every val record."""
+        """Validation loss and PCK (overall, per keypoint) over every val record, plus torso
+        PCK ('pck_torso@0.2', 'pck_torso@0.1' and the other keys of
+        ``model.metrics.torso_pck_metrics``; only 'pck_torso_unavailable' without a torso)."""
         if self.val_pattern is None:
             return None
         k = self.spec.num_keypoints
         correct, total = np.zeros(k), np.zeros(k)
+        t_correct, t_total, t_examples = np.zeros((len(TORSO_ALPHAS), k)), np.zeros(k), np.zeros(2)
         loss_sum = count = 0.0
         for batch in self._distributed(self.val_pattern, training=False):
             out = self._eval_step(batch)
-            for c, t, ls, n in zip(*(self.strategy.experimental_local_results(o) for o in out)):
+            for c, t, ls, n, tc, tt, te in zip(
+                    *(self.strategy.experimental_local_results(o) for o in out)):
                 correct += c.numpy()
                 total += t.numpy()
                 loss_sum += float(ls.numpy())
                 count += float(n.numpy())
+                t_correct += tc.numpy()
+                t_total += tt.numpy()
+                t_examples += te.numpy()
         pck, per = ratio(correct, total)
-        return {"pck": pck, "per_keypoint": per, "loss": loss_sum / max(count, 1.0),
-                "examples": int(count)}
+        result = {"pck": pck, "per_keypoint": per, "loss": loss_sum / max(count, 1.0),
+                  "examples": int(count)}
+        result.update(torso_pck_metrics(self.spec.names, t_correct, t_total, *t_examples))
+        return result
 
     # ---------------------------------------------------------------- checkpoints
     def _preemption_handler(self):
         if not is_multi_worker(self.strategy) and not isinstance(self.strategy, tf.distribute.TPUStrategy):
             return None
+
+        def exit_after_save():
+            print(f"preempted (SIGTERM): checkpoint saved in {self.ckpt_dir}; rerun the same "
+                  f"command to resume; no final model was written", flush=True)
+            sys.exit(PREEMPTED_EXIT_CODE)
+
         return tf.distribute.experimental.PreemptionCheckpointHandler(
-            self.strategy.cluster_resolver, self.manager)
+            self.strategy.cluster_resolver, self.manager,
+            termination_config=tf.distribute.experimental.TerminationConfig(exit_fn=exit_after_save))
 
     def _save_checkpoint(self):
         self.manager.save(checkpoint_number=int(self.step.numpy()))
@@ -385,6 +451,9 @@ class Trainer:
             for name, v in zip(self.spec.names, result["per_keypoint"]):
                 if not math.isnan(v):
                     tf.summary.scalar(f"pck_per_keypoint/{name}", v)
+            for alpha in TORSO_ALPHAS:
+                if result.get(torso_key(alpha)) is not None:
+                    tf.summary.scalar(torso_key(alpha), result[torso_key(alpha)])
             if self.cfg.num_summary_images and self.chief:
                 self._write_image_summaries()
 
@@ -410,10 +479,71 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def train(self) -> dict:
-        """Train to total_epoch; resumes from the latest checkpoint in the log dir."""
+        """Train to total_epoch; resumes from the latest checkpoint in the log dir. A run
+        already finished (final.keras written, step >= total) does nothing. On one machine
+        SIGTERM/SIGINT save a checkpoint at the current step after the running loop call and
+        raise TrainingInterrupted; on several workers/TPU the PreemptionCheckpointHandler does."""
         cfg, spe = self.cfg, self.steps_per_epoch
         total_steps = (cfg.total_epoch - cfg.init_epoch) * spe
         start_step = int(self.step.numpy())
+        final = os.path.join(cfg.log_dir, "final.keras")
+        if self.resumed_from and start_step >= total_steps and os.path.isfile(final):
+            return self._already_finished(start_step, final)
+        handlers = self._install_stop_handlers()
+        try:
+            return self._train(total_steps, start_step)
+        finally:
+            for signum, previous in handlers.items():
+                signal.signal(signum, previous)
+
+    def _already_finished(self, step: int, final: str) -> dict:
+        if self.chief:
+            print(f"{self.cfg.log_dir}: already finished at step {step} (epoch "
+                  f"{self.cfg.init_epoch + step // self.steps_per_epoch}); final model at {final}; "
+                  f"nothing to do (a larger --total_epoch continues this run; a new --log_dir or "
+                  f"--overwrite_log_dir trains a new one)", flush=True)
+        return {"final_model": final if self.chief else None, "steps": step,
+                "weights_digest": weights_digest(self.model), "epochs": self.cfg.total_epoch,
+                "seconds": 0.0, "best_val_pck": float(self.best_pck.numpy()), "last": None,
+                "already_finished": True}
+
+    def _install_stop_handlers(self) -> dict:
+        """SIGTERM/SIGINT set a flag the loop reads between loop calls; a second signal kills."""
+        if self.preemption is not None or threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def on_signal(signum, frame):
+            if self._stop_signal is not None:      # asked twice: stop now, no checkpoint
+                for s, h in previous.items():
+                    signal.signal(s, h)
+                signal.raise_signal(signum)
+                return
+            self._stop_signal = signum
+            if self.chief:
+                print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after the "
+                      f"current loop call", flush=True)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, on_signal)
+        return previous
+
+    def _stop(self, saved: bool):
+        """Checkpoint (unless just saved), flush the summaries, raise TrainingInterrupted."""
+        if not saved:
+            self._save_checkpoint()
+        self.train_writer.flush()
+        self.val_writer.flush()
+        step = int(self.step.numpy())
+        name = signal.Signals(self._stop_signal).name
+        raise TrainingInterrupted(
+            f"{name}: stopped at step {step} (epoch {self.cfg.init_epoch + step // self.steps_per_epoch}"
+            f" done, {step % self.steps_per_epoch} step(s) into the next); checkpoint "
+            f"{self.manager.latest_checkpoint}; no final model was written; rerun the same "
+            f"command to resume", self._stop_signal, step)
+
+    def _train(self, total_steps: int, start_step: int) -> dict:
+        cfg, spe = self.cfg, self.steps_per_epoch
         if self.chief and cfg.verbose:
             where = f"resumed from {self.resumed_from} at step {start_step}" if self.resumed_from \
                 else "from scratch" if not cfg.weights_path else f"from {cfg.weights_path}"
@@ -456,11 +586,14 @@ class Trainer:
                 bar.update(spe if step % spe == 0 else step % spe,
                            values=[("loss", loss), ("examples/s", rate)])
                 if self.preemption is not None:
-                    self.preemption.save_checkpoint_if_preempted()
+                    self.preemption.save_checkpoint_if_preempted(checkpoint_number=step)
                 if step % spe == 0:
                     break                 # the epoch's checkpoint follows its evaluation
-                if step % cfg.checkpoint_steps == 0:
+                saved = step % cfg.checkpoint_steps == 0
+                if saved:
                     self._save_checkpoint()
+                if self._stop_signal is not None:
+                    self._stop(saved)
             last = {"epoch": epoch, "loss": loss}
             t0 = time.time()
             result = self.evaluate()
@@ -473,11 +606,15 @@ class Trainer:
                 if self.chief:
                     _append_line(val_log, f"Epoch {epoch}:{result['pck']:.6f}")
                     if cfg.verbose:
+                        torso = result.get(torso_key(0.2))
                         print(f"epoch {epoch}: loss {loss:.5f} val_loss {result['loss']:.5f} "
                               f"val_pck {result['pck']:.4f}"
+                              + (f" val_{torso_key(0.2)} {torso:.4f}" if torso is not None else "")
                               + (f" -> {os.path.basename(best)}" if best else ""), flush=True)
             self._save_checkpoint()       # after evaluation: best_pck is part of the state
             history.append(last)
+            if self._stop_signal is not None and int(self.step.numpy()) < total_steps:
+                self._stop(saved=True)
         final = os.path.join(self.out_dir, "final.keras")
         save_model_atomic(self.model, final, self.metadata)
         summary = {"final_model": final if self.chief else None, "steps": int(self.step.numpy()),
@@ -539,3 +676,168 @@ def write_run_config(log_dir: str, cfg: TrainConfig, spec: KeypointSpec) -> None
     data = dataclasses.asdict(cfg)
     data["keypoints"] = spec.to_dict()
     atomic_write_text(os.path.join(log_dir, "run_config.json"), json.dumps(data, indent=2, default=str))
+
+
+# ------------------------------------------------------------------ run identity and resume
+IDENTITY_NAME = "run_identity.json"
+PREEMPTED_EXIT_CODE = 143      # 128 + SIGTERM: stopped with a checkpoint, no final model
+# Settings that may differ when a run resumes: how long it runs (total_epoch), how it reports,
+# how often it checkpoints, where the records lie (their content is hashed instead),
+# compilation and --rotated_sampler. Everything else in TrainConfig is the run's identity.
+RESUMABLE_SETTINGS = ("tfrecords", "log_dir", "total_epoch", "steps_per_loop", "checkpoint_steps",
+                      "jit_compile", "keep_best", "num_summary_images", "profile_steps",
+                      "verbose", "overwrite_log_dir")
+
+
+def run_identity(cfg: TrainConfig, spec: KeypointSpec, info: dict, steps_per_epoch: int) -> dict:
+    """What makes two launches the same run: the records' dataset_info.json (sha256 of its
+    content), the keypoint definition, model, parser and optimizer settings, the resolved
+    steps per epoch. Not RESUMABLE_SETTINGS."""
+    import hashlib
+    data = dataclasses.asdict(cfg)
+    for name in RESUMABLE_SETTINGS:
+        data.pop(name, None)
+    data["parser"].pop("rotated_sampler", None)   # how rotated crops are warped, not what
+    data["steps_per_epoch"] = int(steps_per_epoch)
+    data["keypoints"] = spec.to_dict()
+    data["records_sha256"] = hashlib.sha256(
+        json.dumps(_records_content(info), sort_keys=True, default=str).encode("utf-8")).hexdigest()
+    return {"version": 1, **json.loads(json.dumps(data, sort_keys=True, default=str))}
+
+
+def _records_content(info: dict) -> dict:
+    """What identifies the records' content: per split its shard names and sha256 when the
+    converter recorded them (so a moved or re-converted identical set is the same), else the
+    whole dataset_info.json."""
+    splits = info.get("splits") or {}
+    if splits and all(isinstance(v, dict) and v.get("shard_sha256") for v in splits.values()):
+        return {"keypoint_names": info["keypoint_names"], "counts": info["counts"],
+                "splits": {k: {"shards": v.get("shards"), "shard_sha256": v["shard_sha256"]}
+                           for k, v in splits.items()}}
+    return info
+
+
+def _identity_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _identity_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            if key == "records_sha256":
+                out.append(f"records (dataset_info.json content, sha256 {str(a)[:12]} -> {str(b)[:12]})")
+            elif key == "keypoints":
+                out.append("keypoint definition")
+            else:
+                out.append(f"{prefix}{key} {json.dumps(a)} -> {json.dumps(b)}")
+    return out
+
+
+def _has_run_outputs(log_dir: str) -> list[str]:
+    """The outputs of a training run found in log_dir (names relative to it)."""
+    found = [name for name in ("checkpoints/checkpoint", "val.txt", "final.keras", "train",
+                               "validation") if os.path.exists(os.path.join(log_dir, name))]
+    found += sorted(os.path.basename(p) for p in glob.glob(os.path.join(log_dir, "ep*-val_pck*.keras")))
+    return found
+
+
+def check_log_dir(log_dir: str, identity: dict, overwrite: bool = False) -> None:
+    """Pass when log_dir holds no run outputs (an identity alone, from a launch that failed
+    before training, does not count) or holds this same run (resume); LogDirError naming the
+    differences and the fix otherwise. overwrite: always pass."""
+    outputs = _has_run_outputs(log_dir)
+    if overwrite or not outputs:
+        return
+    path = os.path.join(log_dir, IDENTITY_NAME)
+    fix = (f"use a new --log_dir, or add --overwrite_log_dir to delete that run's outputs in "
+           f"{log_dir} and start over")
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise LogDirError(f"{path} is unreadable ({e}); {fix}") from e
+        if old != identity:
+            diff = _identity_differences(old, identity)
+            raise LogDirError(
+                f"--log_dir {log_dir} holds another run: it differs in {'; '.join(diff)}. Resuming "
+                f"it would continue that run's checkpoints with other data or settings; {fix} "
+                f"(a resumed run may change only --total_epoch, --steps_per_loop, "
+                f"--checkpoint_steps, --jit_compile, --rotated_sampler, --profile_steps, --quiet "
+                f"and where the same records lie)")
+        return
+    raise LogDirError(f"--log_dir {log_dir} holds outputs of a run with no {IDENTITY_NAME} "
+                      f"({', '.join(outputs[:4])}), so it cannot be checked to be this run; {fix}")
+
+
+def write_run_identity(log_dir: str, identity: dict) -> None:
+    os.makedirs(log_dir, exist_ok=True)
+    atomic_write_text(os.path.join(log_dir, IDENTITY_NAME), json.dumps(identity, indent=2) + "\n")
+
+
+def clear_run_outputs(log_dir: str) -> list[str]:
+    """--overwrite_log_dir: delete what a training run writes into log_dir (checkpoints,
+    summaries, val.txt, best and final models with their json, run_config/identity);
+    other files are left alone. Returns the names removed."""
+    removed = []
+    for name in ("checkpoints", "train", "validation", "profile"):
+        if os.path.isdir(os.path.join(log_dir, name)):
+            shutil.rmtree(os.path.join(log_dir, name))
+            removed.append(name)
+    models = glob.glob(os.path.join(log_dir, "ep*-val_pck*.keras")) + [os.path.join(log_dir, "final.keras")]
+    files = ["val.txt", "run_config.json", IDENTITY_NAME] + [os.path.basename(p) for p in models] \
+        + [os.path.basename(metadata_path(p)) for p in models]
+    for name in files:
+        if os.path.isfile(os.path.join(log_dir, name)):
+            os.remove(os.path.join(log_dir, name))
+            removed.append(name)
+    return removed
+
+
+def purge_after_step(log_dir: str, step: int, epochs_done: int) -> dict:
+    """Before a run continues from `step` (the restored checkpoint; 0 when none): drop what a
+    killed run wrote after it, which would otherwise appear twice: val.txt lines of epochs
+    > epochs_done, best models of those epochs, TensorBoard events with a step > `step`
+    (event files rewritten atomically). Returns counts of what was dropped."""
+    dropped = {"val_lines": 0, "best_models": 0, "events": 0}
+    val = os.path.join(log_dir, "val.txt")
+    if os.path.isfile(val):
+        with open(val, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        keep = [ln for ln in lines
+                if not ((m := re.match(r"Epoch (\d+):", ln)) and int(m.group(1)) > epochs_done)]
+        if len(keep) != len(lines):
+            atomic_write_text(val, "".join(ln + "\n" for ln in keep))
+            dropped["val_lines"] = len(lines) - len(keep)
+    for path in glob.glob(os.path.join(log_dir, "ep*-val_pck*.keras")):
+        m = re.match(r"ep(\d+)-", os.path.basename(path))
+        if m and int(m.group(1)) > epochs_done:
+            for stale in (path, metadata_path(path)):
+                if os.path.exists(stale):
+                    os.remove(stale)
+            dropped["best_models"] += 1
+    for sub in ("train", "validation"):
+        for path in sorted(glob.glob(os.path.join(log_dir, sub, "*tfevents*"))):
+            dropped["events"] += _truncate_event_file(path, step)
+    return dropped
+
+
+def _truncate_event_file(path: str, step: int) -> int:
+    """Rewrite an event file without its events of step > `step` (and without a torn last
+    record); the file is replaced atomically, untouched when nothing is dropped."""
+    tmp = os.path.join(os.path.dirname(path), f".rewrite-{os.getpid()}")   # no 'tfevents': unseen
+    dropped, damaged = 0, False
+    with tf.io.TFRecordWriter(tmp) as writer:
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                if event.step > step:
+                    dropped += 1
+                else:
+                    writer.write(event.SerializeToString())
+        except tf.errors.DataLossError:
+            damaged = True
+    if dropped or damaged:
+        os.replace(tmp, path)
+    else:
+        os.remove(tmp)
+    return dropped

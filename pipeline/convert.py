@@ -18,10 +18,23 @@ is what convert_to_tfrecord.py and run.py call. It promises:
   record of a split goes to shard ``j % num_shards``, Examples are serialized with sorted map
   keys and nothing time-dependent is stored: the same input gives the same shard bytes,
   whatever the number of workers.
-- **Atomic.** Each shard is written as ``<name>.tmp-<pid>`` and renamed when all shards of the
-  run are complete; old shards of the converted splits that this run did not write are
-  removed; dataset_info.json is written last (tmp + rename). A killed run leaves only
-  ``*.tmp-*`` files, which the next run into the folder deletes.
+- **Atomic, all or nothing** (the dataset contract is pipeline.records). Each shard is written
+  as ``<name>.tmp-<pid>``, closed and fsynced; its size and sha256 go into the new
+  dataset_info.json. The commit then (1) writes the journal ``dataset_info.commit.json`` (the
+  new dataset_info, the renames ``tmp -> final`` with their sizes, the old shards of the
+  converted splits to remove), (2) renames the shards into place, (3) removes the old shards,
+  (4) writes dataset_info.json (tmp + rename), (5) removes the journal. Readers
+  (``pipeline.records``) refuse a folder while the journal exists, and read only the shards
+  dataset_info.json lists, each checked against its listed size. So after a kill at any point
+  a reader sees the old dataset whole (killed before (1): only ``*.tmp-*`` files are new and
+  nothing reads them), a clear refusal naming the repair (killed in (1)-(5)), or the new
+  dataset whole. The next conversion into the folder first completes an interrupted commit
+  from its journal (every renamed shard is checked against its size; if the temporary files
+  are gone, the journal's splits are dropped from dataset_info.json with a message), then
+  deletes leftover ``*.tmp-*`` files. The test hook ``HG_CONVERT_KILL_AT=<stage>`` SIGKILLs
+  the converter at a commit stage (``COMMIT_STAGES``); only tests set it.
+- **Disk full, unwritable folder.** Any write error (OSError, TensorFlow file errors) ends in
+  one ``ConversionError`` naming the folder; the temporary shards are removed first.
 
 Images: JPEG and PNG bytes are stored as they are; any other format OpenCV can read (BMP,
 TIFF, WebP, ...) is re-encoded to PNG and listed under ``reencoded``. Width and height come
@@ -42,21 +55,37 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import sys
 from typing import Optional
 
 import numpy as np
 
-from configs import KeypointSpec, atomic_write_json, builtin_paths, load_keypoint_spec
+from configs import KeypointSpec, builtin_paths, load_keypoint_spec
+from pipeline.records import (
+    INFO_NAME,
+    JOURNAL_NAME,
+    SHARD_RE,
+    RecordsError,
+    file_fingerprint,
+    fsync_dir,
+    read_dataset_info,
+    sha256_file,
+    shard_name,
+    write_json_atomic,
+)
 from pipeline.schema import SCHEMA_VERSION, PersonRecord
 from pipeline.sources import ConversionError, ReaderOptions, Skip, SourceData, validate_split_name
 
-FORMATS = ("coco", "mpii", "custom", "dlc")
-INFO_NAME = "dataset_info.json"
+FORMATS = ("coco", "mpii", "custom", "dlc", "lsp")
 SPEC_PREFIX = "keypoints"              # keypoints_classes.txt etc. beside the records
 RECORDS_PER_SHARD = 1000               # automatic shard count: ceil(records / this)
 IMAGES_IN_FLIGHT_PER_WORKER = 16       # read-ahead of the worker pool
-SHARD_RE = r"(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord"
+KILL_ENV = "HG_CONVERT_KILL_AT"        # test hook: SIGKILL this process at a commit stage
+__all__ = ["convert_dataset", "read_dataset_info", "verify_dataset", "ConversionError", "ConvertOptions",
+           "VerifyError", "RecordsError", "INFO_NAME", "FORMATS", "shard_name"]
+COMMIT_STAGES = ("shards_written", "journal_written", "first_rename", "renamed", "old_removed",
+                 "info_written")
 
 
 class VerifyError(RuntimeError):
@@ -74,6 +103,7 @@ class ConvertOptions:
     classes_path: Optional[str] = None   # keypoint files (coco/mpii default to configs/)
     matchpoint_path: Optional[str] = None
     skeleton_path: Optional[str] = None
+    sigmas_path: Optional[str] = None    # OKS sigmas 'name,sigma' (default: COCO's for COCO's names)
     dlc_config: Optional[str] = None     # dlc: config.yaml (skeleton)
     val_images: Optional[str] = None     # dlc: basenames for "val", one a line
     val_fraction: Optional[float] = None  # dlc: seeded random fraction for "val"
@@ -109,25 +139,42 @@ def convert_dataset(fmt: str, annotations: str, images: str, output: str, *,
     if not os.path.isdir(images):
         raise ConversionError(f"{images}: image folder not found; check --images")
     source = read_source(fmt, annotations, images, options, spec)
+    source.spec = source.spec.with_sigmas_file(options.sigmas_path)   # KeypointSpecError: file:line
     spec = source.spec
-    existing = _existing_info(output, spec)
     candidates = sum(len(r) for r in source.records.values())
     if candidates == 0:
         raise ConversionError(_nothing_valid(annotations, source.skipped))
+    _prepare_output(output)
+    recover_commit(output)
+    existing = _existing_info(output, spec)
 
-    os.makedirs(output, exist_ok=True)
     splits = sorted(set(source.records) | {s.split for s in source.skipped})
     results = _write_splits(source, splits, output, options)
-    if sum(r.count for r in results.values()) == 0:
+    try:
+        if sum(r.count for r in results.values()) == 0:
+            raise ConversionError(_nothing_valid(annotations, source.skipped + [
+                s for r in results.values() for s in r.skipped]))
+        for r in results.values():
+            if r.count == 0:
+                r.discard()
+        files = spec.write(output, SPEC_PREFIX)
+        info = _merge_info(existing, spec, files, fmt, annotations, images, options, source, results)
+        journal = _journal(output, results, info)
+        write_json_atomic(os.path.join(output, JOURNAL_NAME), journal)
+        fsync_dir(output)
+    except BaseException as e:
         for r in results.values():
             r.discard()
-        raise ConversionError(_nothing_valid(annotations, source.skipped + [
-            s for r in results.values() for s in r.skipped]))
-    for r in results.values():
-        r.commit(output)
-    files = spec.write(output, SPEC_PREFIX)
-    info = _merge_info(existing, spec, files, fmt, annotations, images, options, source, results)
-    atomic_write_json(os.path.join(output, INFO_NAME), info)
+        if isinstance(e, OSError):
+            raise ConversionError(_write_failed(output, e)) from None
+        raise
+    _stage("journal_written")
+    try:
+        apply_journal(output, journal)
+    except OSError as e:
+        raise ConversionError(
+            f"{_write_failed(output, e)}; the folder is refused by readers until the commit is "
+            f"finished: run the same conversion again once the problem is fixed") from None
     if options.verify:
         problems = verify_dataset(output)
         if problems:
@@ -135,32 +182,132 @@ def convert_dataset(fmt: str, annotations: str, images: str, output: str, *,
     return info
 
 
+def _stage(name: str) -> None:
+    """Test hook: SIGKILL this process when HG_CONVERT_KILL_AT names this commit stage."""
+    if os.environ.get(KILL_ENV) == name:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_failed(output: str, error: BaseException) -> str:
+    what = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+    where = getattr(error, "filename", None)
+    return (f"cannot write the records in {output} ({what}{': ' + str(where) if where else ''}); "
+            f"free disk space or choose a writable --output folder (nothing half-written was left)")
+
+
+def _prepare_output(output: str) -> None:
+    """Create `output` and check it takes files; ConversionError naming it otherwise."""
+    probe = os.path.join(output, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(output, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"0")
+        os.remove(probe)
+    except OSError as e:
+        raise ConversionError(
+            f"--output {output}: cannot write there ({e.strerror or e}); choose a writable folder "
+            f"(not an existing file, not read-only)") from None
+
+
+# ----------------------------------------------------------------------------- commit
+
+
+class _IncompleteCommit(Exception):
+    """A journal whose temporary shards are gone: the commit cannot be completed."""
+
+
+def _journal(output: str, results: dict, info: dict) -> dict:
+    """What the commit will do (see the module docstring), as plain data."""
+    renames, remove = [], []
+    for r in results.values():
+        finals = r.final_names if r.count else []
+        renames += [[os.path.basename(t), n, b] for t, n, b in zip(r.temp_paths, finals, r.shard_bytes)]
+        for path in sorted(glob.glob(os.path.join(output, f"{r.split}-*-of-*.tfrecord"))):
+            m = re.fullmatch(SHARD_RE, os.path.basename(path))
+            if m and m["split"] == r.split and os.path.basename(path) not in finals:
+                remove.append(os.path.basename(path))
+    return {"splits": sorted(results), "renames": renames, "remove": remove, "info": info}
+
+
+def apply_journal(output: str, journal: dict) -> None:
+    """Carry out a commit journal (idempotent: a rerun after a kill completes it)."""
+    for i, (tmp, final, size) in enumerate(journal["renames"]):
+        src, dst = os.path.join(output, tmp), os.path.join(output, final)
+        if os.path.exists(src):
+            os.replace(src, dst)
+        elif not os.path.isfile(dst) or os.path.getsize(dst) != size:
+            raise _IncompleteCommit(f"{src} is gone and {dst} is not the shard it should be")
+        if i == 0:
+            _stage("first_rename")
+    fsync_dir(output)
+    _stage("renamed")
+    for name in journal["remove"]:
+        path = os.path.join(output, name)
+        if os.path.exists(path):
+            os.remove(path)
+    _stage("old_removed")
+    write_json_atomic(os.path.join(output, INFO_NAME), journal["info"])
+    fsync_dir(output)
+    _stage("info_written")
+    os.remove(os.path.join(output, JOURNAL_NAME))
+    fsync_dir(output)
+
+
+def recover_commit(output: str) -> None:
+    """Complete the commit of a conversion killed in the middle of it (journal in `output`);
+    when its temporary shards are gone, drop its splits from dataset_info.json instead."""
+    path = os.path.join(output, JOURNAL_NAME)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            journal = json.load(f)
+        splits = list(journal["splits"])
+        journal["renames"], journal["remove"], journal["info"]   # noqa: B018 (shape check)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConversionError(f"{path}: unreadable commit journal ({e}); remove the folder {output} "
+                              f"and convert every split again") from None
+    try:
+        apply_journal(output, journal)
+        print(f"{output}: completed the commit of an interrupted conversion (split(s) "
+              f"{', '.join(splits)})", file=sys.stderr)
+        return
+    except _IncompleteCommit as e:
+        reason = str(e)
+    info = None
+    if os.path.isfile(os.path.join(output, INFO_NAME)):
+        try:
+            with open(os.path.join(output, INFO_NAME), encoding="utf-8") as f:
+                info = json.load(f)
+        except ValueError:
+            info = None
+    for split in splits:
+        for p in glob.glob(os.path.join(output, f"{split}-*-of-*.tfrecord*")):
+            os.remove(p)
+    if info is not None:
+        for key in ("splits", "counts", "skipped"):
+            for split in splits:
+                (info.get(key) or {}).pop(split, None)
+        write_json_atomic(os.path.join(output, INFO_NAME), info)
+    os.remove(path)
+    fsync_dir(output)
+    print(f"{output}: an interrupted conversion could not be completed ({reason}); its split(s) "
+          f"{', '.join(splits)} were removed: convert them again", file=sys.stderr)
+
+
 # ----------------------------------------------------------------------------- reading
 
 
-def read_dataset_info(folder: str) -> dict:
-    """dataset_info.json of a folder this converter wrote, checked for the keys readers need;
-    ``ValueError`` (naming the file and the fix) otherwise."""
-    path = os.path.join(folder, INFO_NAME)
-    if not os.path.isfile(path):
-        raise ValueError(f"{path} not found: the folder must be written by convert_to_tfrecord.py "
-                         f"(TFRecords + dataset_info.json)")
-    with open(path, encoding="utf-8") as f:
-        info = json.load(f)
-    for key in ("keypoint_names", "counts"):
-        if key not in info:
-            raise ValueError(f"{path}: missing {key!r}; re-run convert_to_tfrecord.py")
-    return info
-
-
 def resolve_spec(fmt: str, spec: Optional[KeypointSpec], options: ConvertOptions) -> Optional[KeypointSpec]:
-    """The keypoint definition: `spec`, else the files of `options`, else configs/ for coco
-    and mpii; None for dlc without files (its names come from the CSV header)."""
+    """The keypoint definition: `spec`, else the files of `options`, else configs/ for coco,
+    mpii and lsp; None for dlc without files (its names come from the CSV header)."""
     if spec is not None:
         return spec
     if options.classes_path:
         return load_keypoint_spec(options.classes_path, options.matchpoint_path, options.skeleton_path)
-    if fmt in ("coco", "mpii"):
+    if fmt in ("coco", "mpii", "lsp"):
         paths = builtin_paths(fmt)
         return load_keypoint_spec(paths["classes_path"], options.matchpoint_path or paths["matchpoint_path"],
                                   options.skeleton_path or paths["skeleton_path"])
@@ -178,20 +325,25 @@ def read_source(fmt: str, annotations: str, images: str, options: ConvertOptions
     from pipeline.sources.coco import read_coco
     from pipeline.sources.custom import read_custom
     from pipeline.sources.dlc import read_dlc
+    from pipeline.sources.lsp import read_lsp
     from pipeline.sources.mpii import read_mpii
 
     spec = resolve_spec(fmt, spec, options)
     reader_options = ReaderOptions(
         split=options.split, box_padding=options.box_padding, val_images=options.val_images,
         val_fraction=options.val_fraction, seed=options.seed, dlc_config=options.dlc_config)
-    if fmt != "dlc" and (options.val_images or options.val_fraction is not None or options.dlc_config):
-        raise ConversionError("--val_images, --val_fraction and --config are for --format dlc only")
+    if fmt not in ("dlc", "lsp") and (options.val_images or options.val_fraction is not None):
+        raise ConversionError("--val_images and --val_fraction are for --format dlc and lsp only")
+    if fmt != "dlc" and options.dlc_config:
+        raise ConversionError("--config is for --format dlc only")
     if fmt == "coco":
         return read_coco(annotations, images, spec, reader_options)
     if fmt == "mpii":
         return read_mpii(annotations, images, spec, reader_options)
     if fmt == "custom":
         return read_custom(annotations, images, spec, reader_options, load_json(annotations))
+    if fmt == "lsp":
+        return read_lsp(annotations, images, spec, reader_options)
     return read_dlc(annotations, images, spec, reader_options, options.matchpoint_path,
                     options.skeleton_path)
 
@@ -212,7 +364,7 @@ def _existing_info(output: str, spec: KeypointSpec) -> Optional[dict]:
     try:
         with open(path, encoding="utf-8") as f:
             info = json.load(f)
-        old = {k: info[k] for k in ("keypoint_names", "flip_pairs", "skeleton")}
+        old = KeypointSpec.from_dict(info, path).to_dict()   # no oks_sigmas key: as written before
         version = info["schema_version"]
     except (ValueError, KeyError, TypeError) as e:
         raise ConversionError(f"{path} exists but is not a dataset_info.json of this converter ({e}); "
@@ -223,7 +375,8 @@ def _existing_info(output: str, spec: KeypointSpec) -> Optional[dict]:
     if old != spec.to_dict():
         raise ConversionError(
             f"{path}: the records there use another keypoint definition ({len(old['keypoint_names'])} "
-            f"names: {', '.join(old['keypoint_names'])}; flip pairs and skeleton must match too) than "
+            f"names: {', '.join(old['keypoint_names'])}; flip pairs, skeleton and OKS sigmas must match "
+            f"too) than "
             f"this run ({spec.num_keypoints}: {', '.join(spec.names)}); use the same keypoint files "
             f"or another --output folder")
     return info
@@ -314,6 +467,12 @@ def process_image(task: ImageTask, names: Optional[tuple[str, ...]] = None) -> I
             skip(record, "size_mismatch", f"the annotations say {record.width}x{record.height}, the "
                  f"image is {width}x{height}; fix the annotation or use the right image")
             continue
+        far = _far_outside(record.keypoints, width, height)
+        if far is not None:
+            skip(record, "keypoint_outside_image", f"keypoint {far} at "
+                 f"{np.round(np.asarray(record.keypoints)[far, :2], 1).tolist()} lies far outside the "
+                 f"{width}x{height} image (more than the image size beyond its border); fix the label")
+            continue
         record = dataclasses.replace(record, width=width, height=height)
         try:
             example = encode_example(record, data, fmt, names, reencoded=source_format != fmt)
@@ -325,6 +484,16 @@ def process_image(task: ImageTask, names: Optional[tuple[str, ...]] = None) -> I
             result.reencoded.append({"file": task.filename, "record": str(record.annotation_id),
                                      "from": source_format, "to": fmt})
     return result
+
+
+def _far_outside(keypoints, width: int, height: int) -> Optional[int]:
+    """Index of the first labelled keypoint more than the image's own size outside the image
+    (x < -W, x > 2W, y < -H or y > 2H): a label in another image's pixels, or a typo."""
+    kp = np.asarray(keypoints, np.float64)
+    labelled = kp[:, 2] > 0
+    x, y = kp[:, 0], kp[:, 1]
+    bad = labelled & ((x < -width) | (x > 2 * width) | (y < -height) | (y > 2 * height))
+    return int(np.argmax(bad)) if bad.any() else None
 
 
 def sniff_format(data: bytes) -> str:
@@ -393,10 +562,6 @@ def _jpeg_complete(data: bytes) -> bool:
 # ----------------------------------------------------------------------------- writing
 
 
-def shard_name(split: str, index: int, count: int) -> str:
-    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
-
-
 @dataclasses.dataclass
 class SplitResult:
     """Shards of one split written under temporary names, and what was skipped."""
@@ -408,27 +573,25 @@ class SplitResult:
     count: int = 0
     skipped: list[Skip] = dataclasses.field(default_factory=list)
     reencoded: list[dict] = dataclasses.field(default_factory=list)
+    shard_bytes: list[int] = dataclasses.field(default_factory=list)
+    shard_sha256: list[str] = dataclasses.field(default_factory=list)
 
     def discard(self) -> None:
+        """Remove the temporary shards (never raises: it runs while another error unwinds)."""
         for p in self.temp_paths:
-            if os.path.exists(p):
+            try:
                 os.remove(p)
+            except OSError:
+                pass
 
-    def commit(self, output: str) -> None:
-        """Rename complete shards into place; remove old shards of this split not rewritten."""
-        if self.count == 0:
-            self.discard()
-            self.final_names = []
-        else:
-            for tmp, name in zip(self.temp_paths, self.final_names):
-                with open(tmp, "rb+") as f:       # on disk before it gets its final name
-                    os.fsync(f.fileno())
-                os.replace(tmp, os.path.join(output, name))
-        keep = set(self.final_names)
-        for path in glob.glob(os.path.join(output, f"{self.split}-*-of-*.tfrecord")):
-            m = re.fullmatch(SHARD_RE, os.path.basename(path))
-            if m and m["split"] == self.split and os.path.basename(path) not in keep:
-                os.remove(path)
+    def seal(self) -> None:
+        """fsync each closed shard and record its size and sha256 (for dataset_info.json)."""
+        self.shard_bytes, self.shard_sha256 = [], []
+        for tmp in self.temp_paths:
+            with open(tmp, "rb+") as f:       # on disk before it gets its final name
+                os.fsync(f.fileno())
+            self.shard_bytes.append(os.path.getsize(tmp))
+            self.shard_sha256.append(sha256_file(tmp))
 
 
 def _image_tasks(records: list[PersonRecord], split: str) -> list[ImageTask]:
@@ -472,12 +635,21 @@ def _write_splits(source: SourceData, splits: list[str], output: str,
         for ws in writers.values():
             for w in ws:
                 w.close()
-    except BaseException:
+        for result in results.values():
+            if result.count:
+                result.seal()
+        _stage("shards_written")
+    except BaseException as e:
         for ws in writers.values():
             for w in ws:
-                w.close()
+                try:
+                    w.close()
+                except Exception:     # noqa: BLE001 - a full disk fails again here; discard anyway
+                    pass
         for result in results.values():
             result.discard()
+        if isinstance(e, (OSError, tf.errors.OpError)):
+            raise ConversionError(_write_failed(output, e)) from None
         raise
     return results
 
@@ -523,9 +695,10 @@ def available_cpus() -> int:
 
 
 def _remove_stale_temps(output: str, splits: list[str]) -> None:
-    """Temporary shards left by a killed run into this folder."""
-    for split in splits:
-        for path in glob.glob(os.path.join(output, f"{split}-*-of-*.tfrecord.tmp-*")):
+    """Temporary shards left by a killed run into this folder (of any split: a commit journal
+    that still needs them was carried out by recover_commit before this runs)."""
+    for path in glob.glob(os.path.join(output, "*-of-*.tfrecord.tmp-*")):
+        if re.fullmatch(SHARD_RE + r"\.tmp-\d+", os.path.basename(path)):
             os.remove(path)
 
 
@@ -543,13 +716,21 @@ def _merge_info(existing: Optional[dict], spec: KeypointSpec, files: dict, fmt: 
                 images: str, options: ConvertOptions, source: SourceData,
                 results: dict[str, SplitResult]) -> dict:
     """dataset_info.json: the existing splits kept, this run's splits replaced or added."""
-    src = {"format": fmt, "annotations": os.path.abspath(annotations), "images": os.path.abspath(images)}
+    src = {"format": fmt, "annotations": os.path.abspath(annotations), "images": os.path.abspath(images),
+           "annotations_fingerprint": file_fingerprint(annotations),
+           "keypoint_sources": {k: {"path": os.path.abspath(v), **file_fingerprint(v)}
+                                for k, v in (("classes_path", options.classes_path),
+                                             ("matchpoint_path", options.matchpoint_path),
+                                             ("skeleton_path", options.skeleton_path),
+                                             ("dlc_config", options.dlc_config)) if v}}
     splits = dict((existing or {}).get("splits", {}))
     for split, r in results.items():
         splits[split] = {
             "count": r.count,
-            "num_shards": len(r.final_names),
-            "shards": r.final_names,
+            "num_shards": len(r.final_names) if r.count else 0,
+            "shards": r.final_names if r.count else [],
+            "shard_bytes": r.shard_bytes if r.count else [],
+            "shard_sha256": r.shard_sha256 if r.count else [],
             "source": src,
             "box_padding": options.box_padding,
             "skipped": {"total": len(r.skipped), "by_reason": _count_reasons(r.skipped),
@@ -577,10 +758,14 @@ def _merge_info(existing: Optional[dict], spec: KeypointSpec, files: dict, fmt: 
 def verify_dataset(output: str) -> list[str]:
     """Read every shard back; a list of problems (empty when the records match
     dataset_info.json: shard files, record counts, and every record parses)."""
-    import json
-
     import tensorflow as tf
+
+    from pipeline.records import check_not_committing, verify_split
     path = os.path.join(output, INFO_NAME)
+    try:
+        check_not_committing(output)
+    except RecordsError as e:
+        return [str(e)]
     if not os.path.isfile(path):
         return [f"{path} not found"]
     with open(path, encoding="utf-8") as f:
@@ -611,6 +796,8 @@ def verify_dataset(output: str) -> list[str]:
         if count != info["counts"].get(split):
             problems.append(f"{split}: {count} records in the shards, {INFO_NAME} says "
                             f"{info['counts'].get(split)}")
+        if listed:
+            problems += verify_split(output, split, info)
     return problems
 
 

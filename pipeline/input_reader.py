@@ -35,9 +35,14 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def list_files(file_pattern: Union[str, Sequence[str]]) -> list[str]:
-    """Sorted files matching the glob(s); a clear error if none match."""
+    """Sorted files matching the glob(s); an existing file is taken as it is (not globbed, so
+    the checked lists of ``pipeline.records.split_files`` pass through); a clear error if none
+    match."""
     patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
-    files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
+    def matches(p: str) -> list[str]:
+        return [p] if tf.io.gfile.exists(p) and not tf.io.gfile.isdir(p) else tf.io.gfile.glob(p)
+
+    files = sorted({f for p in patterns for f in matches(p)})
     if not files:
         raise FileNotFoundError(
             f"no TFRecord files match {patterns}; check the path or run convert_to_tfrecord.py first")

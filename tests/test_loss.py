@@ -116,3 +116,21 @@ def test_matches_numpy_formula(batch, height, width, keypoints, stacks, seed):
     mean_total, mean_per_stack = heatmap_loss(heatmaps, weights, predictions)
     np.testing.assert_allclose(float(mean_total), np.sum(expected) / batch, rtol=1e-5, atol=1e-7)
     assert len(per_stack) == len(mean_per_stack) == stacks
+
+
+def test_foreground_weight_weighs_each_pixel_by_its_target():
+    """1 + f * target per pixel, exactly; f = 0 is the plain loss; f < 0 is refused."""
+    rng = np.random.default_rng(3)
+    heatmaps = rng.uniform(0, 1, (2, 4, 5, 3)).astype(np.float32)
+    weights = np.array([[1, 0, 1], [1, 1, 0]], np.float32)
+    prediction = rng.uniform(-1, 1, (2, 4, 5, 3)).astype(np.float32)
+    f = 10.0
+    squared = (prediction - heatmaps) ** 2 * weights[:, None, None, :]
+    expected = (squared * (1 + f * heatmaps)).mean(axis=(1, 2, 3))
+    total, _ = heatmap_loss_per_example(heatmaps, weights, prediction, foreground_weight=f)
+    np.testing.assert_allclose(total.numpy(), expected, rtol=1e-5)
+    plain, _ = heatmap_loss_per_example(heatmaps, weights, prediction)
+    zero, _ = heatmap_loss_per_example(heatmaps, weights, prediction, foreground_weight=0.0)
+    np.testing.assert_array_equal(plain.numpy(), zero.numpy())
+    with pytest.raises(ValueError, match="foreground_weight"):
+        heatmap_loss_per_example(heatmaps, weights, prediction, foreground_weight=-1.0)

@@ -144,7 +144,9 @@ def test_sigkill_resume(synthetic_records, tmp_path):
     final_step = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
     assert final_step == 24
     lines = open(os.path.join(log_dir, "val.txt")).read().splitlines()
-    assert lines[-1].startswith("Epoch 2:")
+    assert [line.split(":")[0] for line in lines] == ["Epoch 1", "Epoch 2"]   # none twice
+    from tests.test_resume_identity import assert_each_step_once
+    assert_each_step_once(log_dir)
 
 
 def test_bad_flags_fail_before_work(synthetic_records, tmp_path):

@@ -118,9 +118,12 @@ def _record(ann, images, categories, images_dir, spec, options, annotations, spl
         path, rel = resolve_image(images_dir, img.get("file_name"))
     except ValueError as e:
         return skip("path_escape", str(e))
-    width, height = img.get("width", 0), img.get("height", 0)
-    if not (isinstance(width, int) and isinstance(height, int)):
-        width, height = 0, 0    # unknown: taken from the image
+    width, height = img.get("width"), img.get("height")
+    if width is None and height is None:
+        width, height = 0, 0    # not given: taken from the image
+    elif not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+        return skip("bad_image_size", f"image size {width!r} x {height!r} in the json is not two "
+                    f"positive whole numbers; fix the images entry of {img.get('file_name')!r}")
     area = ann.get("area")
     center, scale = padded_center_scale(bbox, options.box_padding)
     kp[kp[:, 2] == 0, :2] = 0.0

@@ -70,7 +70,11 @@ class _Header:
             raise ConversionError(f"{path}: header rows must start with scorer, "
                                   f"{'individuals, ' if multi else ''}bodyparts, coords")
         width = max(len(r) for r in head)
-        head = [r + [""] * (width - len(r)) for r in head]
+        if any(len(r) != width for r in head):
+            raise ConversionError(f"{path}: the header rows have {[len(r) for r in head]} cells; every "
+                                  f"header row must have one cell per column (re-export the CSV from "
+                                  f"DeepLabCut)")
+        self.width = width
         self.num_index = 1
         while self.num_index < width and not head[-1][self.num_index].strip():
             self.num_index += 1
@@ -147,8 +151,12 @@ def _config_skeleton(config_path: str) -> list[tuple[str, str]]:
 def _read_rows(path: str) -> list[list[str]]:
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: annotation file not found; check --annotations")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ConversionError(f"{path}: not a text CSV ({e}); pass DLC's "
+                              f"CollectedData_<scorer>.csv") from None
     if not rows:
         raise ConversionError(f"{path}: the CSV is empty; pass DLC's CollectedData_<scorer>.csv")
     return rows
@@ -162,7 +170,7 @@ def read_dlc(annotations: str, images_dir: str, spec: Optional[KeypointSpec], op
     spec = dlc_spec(annotations, header.names, spec, options.dlc_config, matchpoint_path, skeleton_path)
     data = rows[header.num_rows:]
     frames = ["/".join(c.strip() for c in r[:header.num_index] if c.strip()) for r in data]
-    val = _val_frames(annotations, frames, options)
+    val = val_frames(annotations, frames, options)
     resolved = {f: _find_image(images_dir, f) for f in frames}
     by_file: dict[str, set] = {}
     for f, (_, rel) in resolved.items():
@@ -195,6 +203,10 @@ def read_dlc(annotations: str, images_dir: str, spec: Optional[KeypointSpec], op
                 continue
             if path is None:
                 skipped.append(skip("path_escape", f"image path {frame!r} leaves the image folder"))
+                continue
+            if len(row) != header.width:
+                skipped.append(skip("bad_row", f"{len(row)} cells, the header has {header.width}; "
+                                    f"fix the row (a cell too many or too few shifts every body part)"))
                 continue
             if len(by_file[rel]) > 1:
                 skipped.append(skip("ambiguous_image", f"{sorted(by_file[rel])} all map to {rel}; "
@@ -232,7 +244,7 @@ def read_dlc(annotations: str, images_dir: str, spec: Optional[KeypointSpec], op
                       unlabelled_points={"only_x_or_y_given": half} if half else {})
 
 
-def _val_frames(annotations: str, frames: list[str], options: ReaderOptions) -> Optional[frozenset]:
+def val_frames(annotations: str, frames: list[str], options: ReaderOptions) -> Optional[frozenset]:
     """The frames (CSV paths) that go to "val"; None when no validation option is set."""
     if options.val_images and options.val_fraction is not None:
         raise ConversionError("give either --val_images or --val_fraction, not both")

@@ -1,0 +1,284 @@
+"""Learning human pose on real photos: LSPET, held-out torso PCK against a mean-pose baseline,
+and the int8 TFLite model beside the float one.
+
+    .venv/bin/python -m benchmarks.learn_human [--out DIR] [--minutes 30] [--steps N]
+        [--input_size 128x128] [--num_stacks 1] [--mobile] [--tiny] [--sigma 2] ...
+
+What it does, in order:
+
+1. Links images im00001-im04000 of ``../shared/data/lspet`` (never any image past im04000,
+   even when the folder holds more) into ``OUT/images`` and converts ``joints.mat`` with
+   ``convert_dataset("lsp", ...)``: im00001-im03500 to "train", im03501-im04000 (listed in
+   ``OUT/held_out.txt``) to "val". Invisible joints are unlabelled; the person box is the box of
+   the visible joints (``pipeline.sources.lsp``).
+2. Trains with ``model.trainer.Trainer`` within ``--minutes`` of wall-clock time, as
+   ``benchmarks.learn_real`` does (a short warm-up measures steps/s; the main run gets the
+   steps that fit the rest of the budget, one cosine decay). The trainer's per-epoch val
+   figures are monitoring only: the model evaluated is always the last one (``final.keras``).
+3. Evaluates that model on the 500 held-out photos with ``model.evaluation.evaluate_model``
+   (GT-box crops, DARK decoding), with and without the flip test: PCK@0.2 and PCK@0.1
+   normalized by torso size (``model.metrics``: a shoulder to the opposite hip) overall and per
+   joint, and the mean error in original-image pixels.
+4. Baseline: the mean training pose, each keypoint's mean position relative to its person box
+   (centre, longer side), placed in each held-out person's box.
+5. Writes ``OUT/lsp_hourglass.keras`` (+ its json), exports ``OUT/lsp_hourglass_int8.tflite``
+   (full integer, uint8 input, calibrated on crops of the training records) with
+   ``python -m export`` and evaluates it on the same held-out photos.
+6. Prints a summary and ``key: value`` lines (the last ones: ``heldout_pck_torso@0.2``,
+   ``int8_pck_torso@0.2``, ``train_seconds``); everything also goes to ``OUT/learn_human.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from benchmarks import learn_real  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LSPET_DIR = os.path.join(REPO, "..", "shared", "data", "lspet")
+LAST_TRAIN = 3500              # im00001 ... im03500 train
+LAST_ALLOWED = 4000            # im03501 ... im04000 held out; never anything past im04000
+MODEL_NAME = "lsp_hourglass"
+NUM_CALIBRATION = 200
+
+# The recipe (see the README's LSP section for what was tried and what each gave).
+HUMAN_RECIPE = learn_real.Recipe(
+    crop_mode="box", input_size=(96, 96), num_stacks=1, tiny=True, mobile=True, sigma=2.0,
+    batch_size=16, learning_rate=6e-3, rotation_deg=30.0, rotation_prob=0.5,
+    scale_range=(0.75, 1.25), flip_prob=0.5, foreground_weight=10.0, seed=0)
+
+
+def image_name(index: int) -> str:
+    """LSPET's file name of entry `index` (1-based)."""
+    return f"im{index:05d}.jpg"
+
+
+def link_images(data_dir: str, out_dir: str) -> tuple[str, int]:
+    """OUT/images holding links to im00001..im04000 of `data_dir` (those present); returns
+    (folder, number linked). Images past im04000 are never linked."""
+    folder = os.path.join(out_dir, "images")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    linked = 0
+    for i in range(1, LAST_ALLOWED + 1):
+        src = os.path.join(os.path.abspath(data_dir), "images", image_name(i))
+        if os.path.isfile(src):
+            os.symlink(src, os.path.join(folder, image_name(i)))
+            linked += 1
+    return folder, linked
+
+
+def convert_lspet(data_dir: str, out_dir: str) -> tuple[str, dict]:
+    """held_out.txt and the records (train im00001-03500, val im03501-04000) under `out_dir`."""
+    from configs import atomic_write_text
+    from pipeline.convert import ConvertOptions, convert_dataset
+
+    os.makedirs(out_dir, exist_ok=True)
+    images, linked = link_images(data_dir, out_dir)
+    if linked == 0:
+        raise FileNotFoundError(f"{data_dir}/images holds none of im00001-im{LAST_ALLOWED:05d}.jpg")
+    held_out = os.path.join(out_dir, "held_out.txt")
+    names = [image_name(i) for i in range(LAST_TRAIN + 1, LAST_ALLOWED + 1)]
+    atomic_write_text(held_out, "".join(n + "\n" for n in names))
+    records = os.path.join(out_dir, "records")
+    info = convert_dataset("lsp", os.path.join(data_dir, "joints.mat"), images, records,
+                           options=ConvertOptions(quiet=True, val_images=held_out, num_shards=4))
+    return records, info
+
+
+def mean_pose_baseline(train: "learn_real.SplitLabels", held_out: "learn_real.SplitLabels") -> np.ndarray:
+    """Predictions [N, K, 2] for `held_out`: each keypoint's mean training position relative to
+    the person box (centre, longer side), placed in each held-out box."""
+    def normalized(labels):
+        boxes = labels.boxes
+        center = boxes[:, :2] + boxes[:, 2:] / 2.0
+        side = boxes[:, 2:].max(axis=1)
+        return (labels.keypoints - center[:, None]) / side[:, None, None], center, side
+
+    rel, _, _ = normalized(train)
+    k = rel.shape[1]
+    mean = np.stack([rel[train.visibility[:, j] > 0, j].mean(axis=0) for j in range(k)])
+    _, center, side = normalized(held_out)
+    return center[:, None] + mean[None] * side[:, None, None]
+
+
+def torso_figures(pred: np.ndarray, truth: "learn_real.SplitLabels", names) -> dict:
+    """PCK@0.2 / @0.1 (torso) overall and per joint, and the mean pixel error, of predictions
+    [N, K, 2] in original pixels (the same model.metrics functions as evaluate_model)."""
+    from model.metrics import torso_diagonals, torso_pck_counts, torso_pck_metrics
+    labelled = truth.visibility > 0
+    sums = torso_pck_counts(pred, truth.keypoints, labelled, torso_diagonals(names))
+    out = torso_pck_metrics(names, *sums)
+    out["mean_error_px"] = float(np.mean(np.concatenate(learn_real.point_errors(pred, truth))))
+    return out
+
+
+def evaluate_file(model_path: str, records: str, spec, held_out, out_dir: str, flip_test: bool,
+                  tag: str) -> dict:
+    """evaluate_model's torso PCK and errors of one model file on the held-out records."""
+    from model.evaluation import evaluate_model
+    from model.runner import load_runner
+
+    metrics = evaluate_model(load_runner(model_path), records, "val", spec, crop_mode="box",
+                             batch_size=16, flip_test=flip_test, refine="dark",
+                             result_json=os.path.join(out_dir, f"heldout_predictions_{tag}.json"))
+    if metrics["examples"] != len(held_out.source_ids):
+        raise RuntimeError(f"{model_path}: evaluated {metrics['examples']} held-out records, "
+                           f"expected {len(held_out.source_ids)}")
+    return metrics
+
+
+def export_int8(model_path: str, records: str, out_dir: str) -> str:
+    """`python -m export ... --quantize int8` of the model; returns the .tflite path."""
+    from export.__main__ import main as export_main
+    code = export_main(["--model_path", model_path, "--output_dir", out_dir, "--format", "tflite",
+                        "--quantize", "int8", "--representative", records,
+                        "--num_calibration", str(NUM_CALIBRATION)])
+    path = os.path.join(out_dir, f"{MODEL_NAME}_int8.tflite")
+    if code != 0 or not os.path.isfile(path):
+        raise RuntimeError(f"export of {model_path} failed (exit {code}); expected {path}")
+    return path
+
+
+def _fmt(value) -> str:
+    return "  -  " if value is None else f"{value:.3f}"
+
+
+def report_lines(recipe, baseline: dict, plain: dict, flipped: dict, int8: dict, trained: dict,
+                 names, sizes: dict) -> list[str]:
+    """The summary table, then one `key: value` line per figure (greppable)."""
+    rows = (("baseline: mean training pose in the box", baseline), ("model", plain),
+            ("model + flip test", flipped), ("int8 TFLite + flip test", int8))
+    lines = ["", f"recipe: {recipe.describe()}",
+             f"held-out photos: {plain['examples']} (im{LAST_TRAIN + 1:05d}-im{LAST_ALLOWED:05d}); "
+             f"PCK over visible joints, normalized by the torso (a shoulder to the opposite hip)",
+             f"  {'':42s} PCK@0.2  PCK@0.1  mean err px"]
+    for label, m in rows:
+        lines.append(f"  {label:42s} {_fmt(m['pck_torso@0.2'])}    {_fmt(m['pck_torso@0.1'])}    "
+                     f"{m['mean_error_px']:.1f}")
+    lines.append("  per joint PCK@0.2 (model + flip test): " + ", ".join(
+        f"{n} {_fmt(flipped['pck_torso@0.2_per_keypoint'].get(n))}" for n in names))
+    lines.append(f"  training: {trained['steps']} steps ({trained['warmup_steps']} warm-up) in "
+                 f"{trained['train_seconds']:.0f} s, {trained['steps_per_second']:.2f} steps/s "
+                 f"({trained['steps_per_second'] * recipe.batch_size:.1f} images/s)")
+    lines.append(f"  files: {sizes['keras']} ({sizes['keras_mb']:.2f} MB), {sizes['int8']} "
+                 f"({sizes['int8_mb']:.2f} MB)")
+    lines += [
+        f"baseline_pck_torso@0.2: {baseline['pck_torso@0.2']:.4f}",
+        f"baseline_pck_torso@0.1: {baseline['pck_torso@0.1']:.4f}",
+        f"baseline_mean_error_px: {baseline['mean_error_px']:.2f}",
+        *(f"heldout_pck_torso@0.2_{n}: {_fmt(flipped['pck_torso@0.2_per_keypoint'].get(n))}" for n in names),
+        f"heldout_noflip_pck_torso@0.2: {plain['pck_torso@0.2']:.4f}",
+        f"heldout_pck_torso@0.1: {flipped['pck_torso@0.1']:.4f}",
+        f"heldout_mean_error_px: {flipped['mean_error_px']:.2f}",
+        f"train_steps: {trained['steps']}",
+        f"heldout_pck_torso@0.2: {flipped['pck_torso@0.2']:.4f}",
+        f"int8_pck_torso@0.2: {int8['pck_torso@0.2']:.4f}",
+        f"train_seconds: {trained['train_seconds']:.1f}",
+    ]
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    d = HUMAN_RECIPE
+    p.add_argument("--minutes", type=float, default=30.0, help="training time budget (wall clock)")
+    p.add_argument("--steps", type=int, help="train exactly this many steps instead of --minutes")
+    p.add_argument("--out", default="learn_human_out", help="folder for records, logs and models")
+    p.add_argument("--data", default=LSPET_DIR, help="the lspet folder (joints.mat, images/)")
+    p.add_argument("--input_size", type=learn_real._size, default=d.input_size, help="HxW, multiples of 32")
+    p.add_argument("--num_stacks", type=int, default=d.num_stacks)
+    p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=d.tiny,
+                   help="128 channels instead of 256")
+    p.add_argument("--mobile", action=argparse.BooleanOptionalAction, default=d.mobile,
+                   help="depthwise-separable convolutions")
+    p.add_argument("--sigma", type=float, default=d.sigma, help="heatmap Gaussian sigma (heatmap px)")
+    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--learning_rate", type=float, default=d.learning_rate)
+    p.add_argument("--rotation_deg", type=float, default=d.rotation_deg)
+    p.add_argument("--rotation_prob", type=float, default=d.rotation_prob)
+    p.add_argument("--scale_min", type=float, default=d.scale_range[0])
+    p.add_argument("--scale_max", type=float, default=d.scale_range[1])
+    p.add_argument("--foreground_weight", type=float, default=d.foreground_weight,
+                   help="loss weight 1 + F x target per heatmap pixel (model.loss)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--epochs", type=int, default=10, help="epochs of the main run (val PCK after each)")
+    p.add_argument("--warmup_steps", type=int, default=60, help="steps of the throughput warm-up")
+    return p
+
+
+def recipe_from_args(args) -> "learn_real.Recipe":
+    return dataclasses.replace(
+        HUMAN_RECIPE, input_size=tuple(args.input_size), num_stacks=args.num_stacks, tiny=args.tiny,
+        mobile=args.mobile, sigma=args.sigma, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, rotation_deg=args.rotation_deg,
+        rotation_prob=args.rotation_prob, scale_range=(args.scale_min, args.scale_max),
+        foreground_weight=args.foreground_weight, seed=args.seed)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    joints = os.path.join(args.data, "joints.mat")
+    if not os.path.isfile(joints):
+        print(f"error: {joints} not found; pass --data (the lspet folder)", file=sys.stderr)
+        return 2
+    if args.steps is not None and args.steps < 1:
+        print("error: --steps must be >= 1", file=sys.stderr)
+        return 2
+    recipe = recipe_from_args(args)
+    import keras
+
+    from configs import KeypointSpec, atomic_write_json
+    from model.runner import metadata_path
+    keras.utils.set_random_seed(recipe.seed)
+
+    out = os.path.abspath(args.out)
+    for old in ("warmup", "train"):            # the Trainer would resume from old checkpoints
+        shutil.rmtree(os.path.join(out, old), ignore_errors=True)
+    t0 = time.time()
+    try:
+        records, info = convert_lspet(args.data, out)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    spec = KeypointSpec.from_dict(info, "dataset_info.json")
+    train_labels = learn_real.read_split(records, "train", spec.num_keypoints)
+    held_out = learn_real.read_split(records, "val", spec.num_keypoints)
+    print(f"converted {args.data} in {time.time() - t0:.1f} s: train {info['counts'].get('train')}, "
+          f"held-out {info['counts'].get('val')} photos", flush=True)
+    baseline = torso_figures(mean_pose_baseline(train_labels, held_out), held_out, spec.names)
+    print(f"baseline (mean training pose in the box): PCK@0.2 {baseline['pck_torso@0.2']:.4f}", flush=True)
+    print(f"recipe: {recipe.describe()}", flush=True)
+
+    if args.steps is not None:
+        trained = learn_real.train_fixed_steps(recipe, records, spec, out, args.steps, args.epochs)
+    else:
+        trained = learn_real.train_within_budget(recipe, records, spec, out, budget_s=args.minutes * 60.0,
+                                                 warmup_steps=args.warmup_steps, num_epochs=args.epochs)
+    model_path = os.path.join(out, f"{MODEL_NAME}.keras")
+    shutil.copyfile(trained["final_model"], model_path)
+    shutil.copyfile(metadata_path(trained["final_model"]), metadata_path(model_path))
+    plain = evaluate_file(model_path, records, spec, held_out, out, False, "float")
+    flipped = evaluate_file(model_path, records, spec, held_out, out, True, "float_flip")
+    int8_path = export_int8(model_path, records, out)
+    int8 = evaluate_file(int8_path, records, spec, held_out, out, True, "int8_flip")
+    sizes = {"keras": model_path, "keras_mb": os.path.getsize(model_path) / 1e6, "int8": int8_path,
+             "int8_mb": os.path.getsize(int8_path) / 1e6}
+    atomic_write_json(os.path.join(out, "learn_human.json"), {
+        "recipe": dataclasses.asdict(recipe), "baseline": baseline, "heldout": flipped,
+        "heldout_no_flip_test": plain, "int8": int8, "training": trained, "files": sizes})
+    print("\n".join(report_lines(recipe, baseline, plain, flipped, int8, trained, spec.names, sizes)),
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,313 @@
+"""A log dir resumes only the run it holds: other records or settings are refused (exit 2),
+a finished run is not trained or rewritten again, --overwrite_log_dir starts over, a resumed
+run drops what the killed one wrote after its checkpoint (val.txt lines, best models,
+TensorBoard events), and SIGTERM saves a checkpoint at the current step (exit 143)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.test_run import REPO, TINY, _env
+
+RUN = [sys.executable, os.path.join(REPO, "run.py"), "train"]
+SCHEDULE = ["--total_epoch", "2", "--steps_per_epoch", "4", "--steps_per_loop", "1",
+            "--checkpoint_steps", "2", "--seed", "0"]
+
+
+def _records(root, seed):
+    from pipeline.convert import convert_dataset
+    from pipeline.synthetic import generate_dataset
+    generate_dataset(str(root / "raw"), num_train=32, num_val=8, image_size=(96, 96), seed=seed)
+    out = str(root / "records")
+    for split in ("train", "val"):
+        convert_dataset("coco", str(root / "raw" / "annotations" / f"person_keypoints_{split}.json"),
+                        str(root / "raw" / "images" / split), out, split=split, num_shards=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """Two record folders with the same keypoints and counts but other images."""
+    return (_records(tmp_path_factory.mktemp("rec_a"), 3), _records(tmp_path_factory.mktemp("rec_b"), 4))
+
+
+@pytest.fixture(scope="module")
+def finished(records, tmp_path_factory):
+    """A finished 2-epoch run (8 steps, checkpoints every 2) on records[0]: (log_dir, argv)."""
+    log_dir = str(tmp_path_factory.mktemp("finished") / "logs")
+    argv = ["--tfrecords", records[0], "--log_dir", log_dir] + SCHEDULE + TINY
+    proc = subprocess.run(RUN + argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return log_dir, argv
+
+
+def _snapshot(log_dir):
+    """name -> (size, mtime_ns) of every file under log_dir."""
+    out = {}
+    for path in glob.glob(os.path.join(log_dir, "**", "*"), recursive=True):
+        if os.path.isfile(path):
+            st = os.stat(path)
+            out[os.path.relpath(path, log_dir)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _main(argv, capsys):
+    import run
+    code = run.main(["train"] + argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _set(argv, flag, value):
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = value
+    return argv
+
+
+def assert_each_step_once(log_dir):
+    """Every (tag, step) in the TensorBoard logs appears once (TensorBoard's own purge off)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    seen = 0
+    for sub in ("train", "validation"):
+        acc = EventAccumulator(os.path.join(log_dir, sub), purge_orphaned_data=False,
+                               size_guidance={"tensors": 0, "scalars": 0, "images": 0})
+        acc.Reload()
+        for tag in acc.Tags()["tensors"]:
+            steps = [e.step for e in acc.Tensors(tag)]
+            assert len(steps) == len(set(steps)), (sub, tag, sorted(steps))
+            seen += len(steps)
+    assert seen
+
+
+def _val_epochs(log_dir):
+    return [int(line.split(":")[0].split()[1]) for line in open(os.path.join(log_dir, "val.txt"))]
+
+
+# ---------------------------------------------------------------------------- slow: real runs
+@pytest.mark.slow
+def test_finished_run_is_not_trained_again(finished):
+    """The same command after the run finished: says so, exit 0, nothing rewritten."""
+    log_dir, argv = finished
+    before = _snapshot(log_dir)
+    proc = subprocess.run(RUN + argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "already finished at step 8 (epoch 2)" in proc.stdout
+    assert f"final model at {os.path.join(log_dir, 'final.keras')}" in proc.stdout
+    assert "nothing to do" in proc.stdout
+    after = _snapshot(log_dir)
+    for name in ("final.keras", "val.txt") + tuple(n for n in before if n.startswith("checkpoints")):
+        assert after[name] == before[name], name
+
+
+@pytest.mark.slow
+def test_other_records_or_settings_are_refused(finished, records, capsys):
+    """Reusing the log dir with other records (same keypoints, same counts), another model
+    or another sigma: exit 2 naming the difference and the fix; nothing in it changes."""
+    log_dir, argv = finished
+    before = _snapshot(log_dir)
+    cases = [(_set(argv, "--tfrecords", records[1]), "records (dataset_info.json content"),
+             (argv + ["--num_stacks", "2"], "num_stacks 1 -> 2"),
+             (argv + ["--sigma", "3"], "parser.sigma 2.0 -> 3.0"),
+             (_set(argv, "--batch_size", "4"), "batch_size 8 -> 4")]
+    for args, difference in cases:
+        code, out, err = _main(args, capsys)
+        assert code == 2, (args, out, err)
+        assert f"--log_dir {log_dir} holds another run" in err and difference in err, err
+        assert "use a new --log_dir, or add --overwrite_log_dir" in err
+    assert _snapshot(log_dir) == before
+
+
+@pytest.mark.slow
+def test_resume_after_kill_drops_what_came_after_the_checkpoint(finished, tmp_path):
+    """A run killed after epoch 2 was evaluated (val.txt line, best model, summaries
+    written) but before its checkpoint: the log dir of the finished run with its last
+    checkpoint and final model removed is exactly that state. The same command redoes
+    steps 7-8 and epoch 2's evaluation, and each appears once."""
+    import tensorflow as tf
+    src, argv = finished
+    log_dir = str(tmp_path / "logs")
+    shutil.copytree(src, log_dir)
+    ckpt_dir = os.path.join(log_dir, "checkpoints")
+    for path in glob.glob(os.path.join(ckpt_dir, "ckpt-8.*")):
+        os.remove(path)
+    tf.compat.v1.train.update_checkpoint_state(ckpt_dir, "ckpt-6", ["ckpt-6"])
+    os.remove(os.path.join(log_dir, "final.keras"))
+    assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-6")
+    assert _val_epochs(log_dir) == [1, 2]
+    argv = _set(argv, "--log_dir", log_dir)
+    proc = subprocess.run(RUN + argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _val_epochs(log_dir) == [1, 2]
+    assert len(glob.glob(os.path.join(log_dir, "ep002-*.keras"))) <= 1
+    assert all(os.path.isfile(p[:-len(".keras")] + ".json")
+               for p in glob.glob(os.path.join(log_dir, "ep*.keras")))
+    assert_each_step_once(log_dir)
+    assert os.path.isfile(os.path.join(log_dir, "final.keras"))
+
+
+@pytest.mark.slow
+def test_overwrite_log_dir_starts_over(finished, records, tmp_path, capsys):
+    """--overwrite_log_dir with other records: the old run's outputs go, a new run trains
+    from step 0 and its identity replaces the old one."""
+    src, argv = finished
+    log_dir = str(tmp_path / "logs")
+    shutil.copytree(src, log_dir)
+    (tmp_path / "logs" / "notes.txt").write_text("mine")
+    argv = _set(_set(_set(argv, "--log_dir", log_dir), "--tfrecords", records[1]), "--total_epoch", "1")
+    code, out, err = _main(argv + ["--overwrite_log_dir"], capsys)
+    assert code == 0, err
+    assert _val_epochs(log_dir) == [1]
+    assert not glob.glob(os.path.join(log_dir, "ep002-*"))
+    assert (tmp_path / "logs" / "notes.txt").read_text() == "mine"   # not a run output: kept
+    identity = json.load(open(os.path.join(log_dir, "run_identity.json")))
+    assert identity["steps_per_epoch"] == 4
+    import tensorflow as tf
+    assert tf.train.latest_checkpoint(os.path.join(log_dir, "checkpoints")).endswith("ckpt-4")
+    assert_each_step_once(log_dir)
+    code, out, err = _main(_set(argv, "--tfrecords", records[0]), capsys)   # and it is now B's
+    assert code == 2 and "records (dataset_info.json content" in err
+
+
+def _train_steps_written(log_dir):
+    """Steps of loss/total flushed to the train event files so far."""
+    import tensorflow as tf
+    steps = set()
+    for path in glob.glob(os.path.join(log_dir, "train", "*tfevents*")):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    if value.tag == "loss/total":
+                        steps.add(event.step)
+        except tf.errors.DataLossError:
+            pass
+    return steps
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(records, tmp_path):
+    """SIGTERM to a real single-machine run: a checkpoint at the step it reached, a message,
+    exit 143, no final model; the same command resumes from that step and finishes."""
+    log_dir = str(tmp_path / "logs")
+    argv = ["--tfrecords", records[0], "--log_dir", log_dir, "--total_epoch", "1",
+            "--steps_per_epoch", "16", "--steps_per_loop", "1", "--checkpoint_steps", "1000"] + TINY
+    proc = subprocess.Popen(RUN + argv, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not _train_steps_written(log_dir):   # summaries flush every 10 events: a few steps
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("training ended before SIGTERM:\n" + proc.stderr.read()[-3000:])
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, (proc.returncode, out[-2000:], err[-3000:])
+    import tensorflow as tf
+    latest = tf.train.latest_checkpoint(os.path.join(log_dir, "checkpoints"))
+    assert latest, err
+    step = int(latest.rsplit("-", 1)[1])
+    assert 1 <= step < 16
+    assert f"SIGTERM: stopped at step {step}" in err and "rerun the same command to resume" in err
+    assert not os.path.exists(os.path.join(log_dir, "final.keras"))
+    again = subprocess.run(RUN + argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert os.path.isfile(os.path.join(log_dir, "final.keras"))
+    assert tf.train.latest_checkpoint(os.path.join(log_dir, "checkpoints")).endswith("ckpt-16")
+    assert _val_epochs(log_dir) == [1]
+    assert_each_step_once(log_dir)
+    assert _train_steps_written(log_dir) == set(range(1, 17))
+
+
+# ---------------------------------------------------------------------------- fast
+def test_log_dir_with_outputs_but_no_identity_is_refused(tmp_path):
+    """Outputs of an unknown run (e.g. written before run_identity.json existed): refused."""
+    from model.trainer import LogDirError, check_log_dir
+    check_log_dir(str(tmp_path / "new"), {"version": 1})          # nothing there: fine
+    (tmp_path / "run_identity.json").write_text('{"version": 1, "seed": 1}')
+    check_log_dir(str(tmp_path), {"version": 1, "seed": 2})       # a launch that never trained
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "val.txt").write_text("Epoch 1:0.5\n")
+    with pytest.raises(LogDirError, match="no run_identity.json .*val.txt.*--overwrite_log_dir"):
+        check_log_dir(str(legacy), {"version": 1})
+    check_log_dir(str(legacy), {"version": 1}, overwrite=True)
+
+
+def test_purge_rewrites_event_files_and_val_lines(tmp_path):
+    """purge_after_step keeps events of step <= the checkpoint's, drops a torn last record,
+    keeps val.txt epochs <= the epochs done, removes later best models with their json."""
+    import tensorflow as tf
+
+    from model.trainer import purge_after_step
+    writer = tf.summary.create_file_writer(str(tmp_path / "train"))
+    with writer.as_default():
+        for step in range(1, 11):
+            tf.summary.scalar("loss/total", 1.0 / step, step=step)
+    writer.close()
+    path = glob.glob(str(tmp_path / "train" / "*tfevents*"))[0]
+    with open(path, "ab") as f:
+        f.write(b"\x20\x00\x00\x00torn")                  # a record cut by a kill
+    (tmp_path / "val.txt").write_text("Epoch 1:0.1\nEpoch 2:0.2\nEpoch 3:0.3\n")
+    for e in (1, 3):
+        (tmp_path / f"ep{e:03d}-loss0.1000-val_pck0.{e}000.keras").write_text("x")
+        (tmp_path / f"ep{e:03d}-loss0.1000-val_pck0.{e}000.json").write_text("{}")
+    dropped = purge_after_step(str(tmp_path), 6, 2)
+    assert dropped == {"val_lines": 1, "best_models": 1, "events": 4}
+    steps = [e.step for e in tf.compat.v1.train.summary_iterator(path) if e.summary.value]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "val.txt").read_text() == "Epoch 1:0.1\nEpoch 2:0.2\n"
+    assert sorted(os.listdir(tmp_path)) == ["ep001-loss0.1000-val_pck0.1000.json",
+                                            "ep001-loss0.1000-val_pck0.1000.keras", "train", "val.txt"]
+    assert purge_after_step(str(tmp_path), 6, 2) == {"val_lines": 0, "best_models": 0, "events": 0}
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_workers_saves_and_resumes(records, tmp_path):
+    """MultiWorkerMirroredStrategy on loopback: SIGTERM to the non-chief worker makes both
+    save a checkpoint at the same step (PreemptionCheckpointHandler) and exit 143; the same
+    two commands resume from that step."""
+    import tensorflow as tf
+
+    from tests.test_run import _free_ports
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    log_dir = str(tmp_path / "logs")
+    argv = ["--tfrecords", records[0], "--log_dir", log_dir, "--total_epoch", "1",
+            "--steps_per_epoch", "16", "--steps_per_loop", "1", "--checkpoint_steps", "1000",
+            "--seed", "1"] + [a for a in TINY if a != "--quiet"]
+
+    def launch():
+        return [subprocess.Popen(
+            RUN + argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})))
+            for i in range(2)]
+
+    procs = launch()
+    deadline = time.time() + 600
+    while not _train_steps_written(log_dir):
+        if any(p.poll() is not None for p in procs) or time.time() > deadline:
+            for p in procs:
+                p.kill()
+            pytest.fail("training ended before SIGTERM:\n" + procs[0].stdout.read()[-3000:])
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], [o[-2000:] for o in outputs]
+    assert all("preempted (SIGTERM): checkpoint saved" in o for o in outputs)
+    latest = tf.train.latest_checkpoint(os.path.join(log_dir, "checkpoints"))
+    step = int(latest.rsplit("-", 1)[1])
+    assert 1 <= step < 16
+    assert not os.path.exists(os.path.join(log_dir, "final.keras"))
+    procs = launch()
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outputs]
+    assert f"at step {step}" in outputs[0]
+    assert tf.train.latest_checkpoint(os.path.join(log_dir, "checkpoints")).endswith("ckpt-16")
+    assert_each_step_once(log_dir)
