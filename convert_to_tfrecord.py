@@ -79,7 +79,7 @@ def summary(info: dict, output: str) -> str:
     """A few lines: records per split, skips per reason, the first problems."""
     lines = [f"wrote {output}: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items())
              + f" records, {info['num_keypoints']} keypoints"]
-    problems = []
+    problems, notes = [], []
     for split, entry in info["splits"].items():
         if entry["skipped"]["total"]:
             reasons = ", ".join(f"{r} {n}" for r, n in entry["skipped"]["by_reason"].items())
@@ -93,7 +93,8 @@ def summary(info: dict, output: str) -> str:
                          and not (r["reason"] == "missing_image" and len(missing) > MAX_LISTED_PROBLEMS)]
         if entry["reencoded"]["total"]:
             lines.append(f"  {split}: {entry['reencoded']['total']} records with images re-encoded to PNG")
-        lines += [f"  {split}: note: {n}" for n in entry["notes"]]
+        notes += [n for n in entry["notes"] if n not in notes]   # a source's note, once
+    lines += [f"  note: {n}" for n in notes]
     for p in problems[:MAX_LISTED_PROBLEMS]:
         lines.append(f"  skipped: {p}")
     if len(problems) > MAX_LISTED_PROBLEMS:
