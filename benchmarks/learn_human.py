@@ -240,9 +240,7 @@ def main(argv=None) -> int:
     from model.runner import metadata_path
     keras.utils.set_random_seed(recipe.seed)
 
-    out = os.path.abspath(args.out)
-    for old in ("warmup", "train"):            # the Trainer would resume from old checkpoints
-        shutil.rmtree(os.path.join(out, old), ignore_errors=True)
+    out = learn_real.fresh_out_dir(args.out)
     t0 = time.time()
     try:
         records, info = convert_lspet(args.data, out)
@@ -258,11 +256,7 @@ def main(argv=None) -> int:
     print(f"baseline (mean training pose in the box): PCK@0.2 {baseline['pck_torso@0.2']:.4f}", flush=True)
     print(f"recipe: {recipe.describe()}", flush=True)
 
-    if args.steps is not None:
-        trained = learn_real.train_fixed_steps(recipe, records, spec, out, args.steps, args.epochs)
-    else:
-        trained = learn_real.train_within_budget(recipe, records, spec, out, budget_s=args.minutes * 60.0,
-                                                 warmup_steps=args.warmup_steps, num_epochs=args.epochs)
+    trained = learn_real.train_as_asked(recipe, records, spec, out, args)
     model_path = os.path.join(out, f"{MODEL_NAME}.keras")
     shutil.copyfile(trained["final_model"], model_path)
     shutil.copyfile(metadata_path(trained["final_model"]), metadata_path(model_path))

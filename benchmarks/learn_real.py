@@ -316,6 +316,23 @@ def train_fixed_steps(recipe: Recipe, records: str, spec, out_dir: str, steps: i
             "warmup_steps": 0, "steps_per_second": timing.steady_rate()}
 
 
+def train_as_asked(recipe: Recipe, records: str, spec, out_dir: str, args) -> dict:
+    """Exactly ``args.steps`` steps when given, else within ``args.minutes`` (warm-up + planned
+    main run); ``args.epochs`` epochs either way (both benchmarks' command lines)."""
+    if args.steps is not None:
+        return train_fixed_steps(recipe, records, spec, out_dir, args.steps, args.epochs)
+    return train_within_budget(recipe, records, spec, out_dir, budget_s=args.minutes * 60.0,
+                               warmup_steps=args.warmup_steps, num_epochs=args.epochs)
+
+
+def fresh_out_dir(out: str) -> str:
+    """Absolute `out` without the logs of an earlier run (the Trainer would resume from them)."""
+    out = os.path.abspath(out)
+    for old in ("warmup", "train"):
+        shutil.rmtree(os.path.join(out, old), ignore_errors=True)
+    return out
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -465,9 +482,7 @@ def main(argv=None) -> int:
     from model.metrics import pck_threshold_px
     keras.utils.set_random_seed(recipe.seed)
 
-    out = os.path.abspath(args.out)
-    for old in ("warmup", "train"):            # the Trainer would resume from old checkpoints
-        shutil.rmtree(os.path.join(out, old), ignore_errors=True)
+    out = fresh_out_dir(args.out)
     t0 = time.time()
     records, info = convert_openfield(args.data, out)
     spec = KeypointSpec.from_dict(info, "dataset_info.json")
@@ -479,11 +494,7 @@ def main(argv=None) -> int:
     baseline = mean_position_baseline(train_labels, held_out, spec.names)
     print(f"recipe: {recipe.describe()}", flush=True)
 
-    if args.steps is not None:
-        trained = train_fixed_steps(recipe, records, spec, out, args.steps, args.epochs)
-    else:
-        trained = train_within_budget(recipe, records, spec, out, budget_s=args.minutes * 60.0,
-                                      warmup_steps=args.warmup_steps, num_epochs=args.epochs)
+    trained = train_as_asked(recipe, records, spec, out, args)
     plain = evaluate_held_out(trained["final_model"], records, spec, recipe.crop_mode, held_out, out,
                               flip_test=False)
     flipped = evaluate_held_out(trained["final_model"], records, spec, recipe.crop_mode, held_out,
