@@ -112,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--result_json", help="write COCO-format results here")
     e.add_argument("--annotations", help="COCO json for OKS AP (default: the records' source json)")
     e.add_argument("--flip_test", action="store_true")
-    e.add_argument("--refine", choices=("quarter", "dark", "none"), default="dark")
-    e.add_argument("--crop_mode", choices=("box", "frame"))
+    e.add_argument("--refine", choices=("quarter", "dark", "none"),
+                   help="sub-pixel refinement (default: the model card's, dark)")
+    e.add_argument("--crop_mode", choices=("box", "frame"),
+                   help="default: the crop the model was trained with (its model card)")
     e.add_argument("--save_result", help="folder for images with the skeleton drawn")
     e.add_argument("--metrics_json", help="write the metrics here")
 
@@ -123,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", help="image/folder for images, a video file for video input")
     keypoint_files(d)
     d.add_argument("--bbox", type=_bbox, help="x,y,w,h person box (default: whole image, letterboxed)")
-    d.add_argument("--refine", choices=("quarter", "dark", "none"), default="dark")
+    d.add_argument("--refine", choices=("quarter", "dark", "none"),
+                   help="sub-pixel refinement (default: the model card's, dark)")
     d.add_argument("--flip_test", action="store_true")
     d.add_argument("--conf_threshold", type=float, default=0.1, help="hide joints below this")
     d.add_argument("--max_frames", type=int, help="stop a video/webcam after this many frames")

@@ -30,29 +30,21 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # run as a script: python benchmarks/input_pipeline.py
-    sys.path.insert(0, REPO)
 COCO_MINI = os.path.join(REPO, "..", "shared", "data", "coco_val_mini")
 
 
-def write_coco_mini_records(directory: str, num_shards: int = 4) -> str:
-    """Write the coco_val_mini persons as ``num_shards`` TFRecord files; returns a glob."""
-    import tensorflow as tf
-
-    from benchmarks.oracle_ap import coco_person_records, serialize_records
+def write_coco_mini_records(directory: str, num_shards: int = 4) -> list[str]:
+    """Convert the coco_val_mini persons into ``num_shards`` TFRecord files under
+    ``directory`` (``pipeline.convert``); returns the shard paths."""
+    from pipeline.convert import ConvertOptions, convert_dataset
+    from pipeline.records import split_files
 
     ann = os.path.join(COCO_MINI, "annotations", "person_keypoints_val2017_mini.json")
     if not os.path.isfile(ann):
         raise FileNotFoundError(f"{ann} not found; pass --tfrecords PATTERN instead")
-    records, names, _ = coco_person_records(ann, os.path.join(COCO_MINI, "images"))
-    examples = serialize_records(records, names)
-    for shard in range(num_shards):
-        path = os.path.join(directory, f"bench-{shard:05d}-of-{num_shards:05d}.tfrecord")
-        with tf.io.TFRecordWriter(path + ".tmp") as w:
-            for ex in examples[shard::num_shards]:
-                w.write(ex)
-        os.replace(path + ".tmp", path)
-    return os.path.join(directory, "bench-*.tfrecord")
+    convert_dataset("coco", ann, os.path.join(COCO_MINI, "images"), directory, split="bench",
+                    num_shards=num_shards, options=ConvertOptions(num_workers=1, quiet=True))
+    return split_files(directory, "bench")
 
 
 def floor_parse_fn(config, windowed: bool = False):

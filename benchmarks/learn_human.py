@@ -49,11 +49,21 @@ LAST_ALLOWED = 4000            # im03501 ... im04000 held out; never anything pa
 MODEL_NAME = "lsp_hourglass"
 NUM_CALIBRATION = 200
 
-# The recipe (see the README's LSP section for what was tried and what each gave).
-HUMAN_RECIPE = learn_real.Recipe(
-    crop_mode="box", input_size=(96, 96), num_stacks=1, tiny=True, mobile=True, sigma=2.0,
-    batch_size=16, learning_rate=6e-3, rotation_deg=30.0, rotation_prob=0.5,
-    scale_range=(0.75, 1.25), flip_prob=0.5, foreground_weight=10.0, seed=0)
+
+def human_recipe(input_size: tuple[int, int] = (96, 96)):
+    """The recipe as one ``model.trainer.TrainConfig`` tree (see the README's LSP section for
+    what was tried and what each gave); records, keypoint count, log dir and schedule are
+    filled per run (``learn_real.for_records``, ``learn_real.train_config``)."""
+    from model.hourglass import HourglassConfig
+    from model.trainer import TrainConfig
+    from pipeline.parser import ParserConfig
+    return TrainConfig(
+        tfrecords="", model=HourglassConfig(num_stacks=1, num_channels=128, mobile=True,
+                                            input_size=input_size),
+        parser=ParserConfig(input_size=input_size, sigma=2.0, crop_mode="box", rotation_deg=30.0,
+                            rotation_prob=0.5, scale_range=(0.75, 1.25), flip_prob=0.5),
+        batch_size=16, optimizer="adam", learning_rate=6e-3, decay_type="cosine",
+        foreground_weight=10.0, seed=0)
 
 
 def image_name(index: int) -> str:
@@ -157,7 +167,7 @@ def report_lines(recipe, baseline: dict, plain: dict, flipped: dict, int8: dict,
     """The summary table, then one `key: value` line per figure (greppable)."""
     rows = (("baseline: mean training pose in the box", baseline), ("model", plain),
             ("model + flip test", flipped), ("int8 TFLite + flip test", int8))
-    lines = ["", f"recipe: {recipe.describe()}",
+    lines = ["", f"recipe: {learn_real.describe(recipe)}",
              f"held-out photos: {plain['examples']} (im{LAST_TRAIN + 1:05d}-im{LAST_ALLOWED:05d}); "
              f"PCK over visible joints, normalized by the torso (a shoulder to the opposite hip)",
              f"  {'':42s} PCK@0.2  PCK@0.1  mean err px"]
@@ -189,24 +199,25 @@ def report_lines(recipe, baseline: dict, plain: dict, flipped: dict, int8: dict,
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    d = HUMAN_RECIPE
+    d = human_recipe()
     p.add_argument("--minutes", type=float, default=30.0, help="training time budget (wall clock)")
     p.add_argument("--steps", type=int, help="train exactly this many steps instead of --minutes")
     p.add_argument("--out", default="learn_human_out", help="folder for records, logs and models")
     p.add_argument("--data", default=LSPET_DIR, help="the lspet folder (joints.mat, images/)")
-    p.add_argument("--input_size", type=learn_real._size, default=d.input_size, help="HxW, multiples of 32")
-    p.add_argument("--num_stacks", type=int, default=d.num_stacks)
-    p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=d.tiny,
+    p.add_argument("--input_size", type=learn_real._size, default=d.model.input_size,
+                   help="HxW, multiples of 32")
+    p.add_argument("--num_stacks", type=int, default=d.model.num_stacks)
+    p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=d.model.num_channels == 128,
                    help="128 channels instead of 256")
-    p.add_argument("--mobile", action=argparse.BooleanOptionalAction, default=d.mobile,
+    p.add_argument("--mobile", action=argparse.BooleanOptionalAction, default=d.model.mobile,
                    help="depthwise-separable convolutions")
-    p.add_argument("--sigma", type=float, default=d.sigma, help="heatmap Gaussian sigma (heatmap px)")
+    p.add_argument("--sigma", type=float, default=d.parser.sigma, help="heatmap Gaussian sigma (heatmap px)")
     p.add_argument("--batch_size", type=int, default=d.batch_size)
     p.add_argument("--learning_rate", type=float, default=d.learning_rate)
-    p.add_argument("--rotation_deg", type=float, default=d.rotation_deg)
-    p.add_argument("--rotation_prob", type=float, default=d.rotation_prob)
-    p.add_argument("--scale_min", type=float, default=d.scale_range[0])
-    p.add_argument("--scale_max", type=float, default=d.scale_range[1])
+    p.add_argument("--rotation_deg", type=float, default=d.parser.rotation_deg)
+    p.add_argument("--rotation_prob", type=float, default=d.parser.rotation_prob)
+    p.add_argument("--scale_min", type=float, default=d.parser.scale_range[0])
+    p.add_argument("--scale_max", type=float, default=d.parser.scale_range[1])
     p.add_argument("--foreground_weight", type=float, default=d.foreground_weight,
                    help="loss weight 1 + F x target per heatmap pixel (model.loss)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -215,12 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def recipe_from_args(args) -> "learn_real.Recipe":
+def recipe_from_args(args):
+    """human_recipe() at --input_size, with the other flags' values."""
+    d = human_recipe(tuple(args.input_size))
     return dataclasses.replace(
-        HUMAN_RECIPE, input_size=tuple(args.input_size), num_stacks=args.num_stacks, tiny=args.tiny,
-        mobile=args.mobile, sigma=args.sigma, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, rotation_deg=args.rotation_deg,
-        rotation_prob=args.rotation_prob, scale_range=(args.scale_min, args.scale_max),
+        d, model=dataclasses.replace(d.model, num_stacks=args.num_stacks,
+                                     num_channels=128 if args.tiny else 256, mobile=args.mobile),
+        parser=dataclasses.replace(d.parser, sigma=args.sigma, rotation_deg=args.rotation_deg,
+                                   rotation_prob=args.rotation_prob,
+                                   scale_range=(args.scale_min, args.scale_max)),
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
         foreground_weight=args.foreground_weight, seed=args.seed)
 
 
@@ -254,7 +269,8 @@ def main(argv=None) -> int:
           f"held-out {info['counts'].get('val')} photos", flush=True)
     baseline = torso_figures(mean_pose_baseline(train_labels, held_out), held_out, spec.names)
     print(f"baseline (mean training pose in the box): PCK@0.2 {baseline['pck_torso@0.2']:.4f}", flush=True)
-    print(f"recipe: {recipe.describe()}", flush=True)
+    recipe = learn_real.for_records(recipe, records, spec.num_keypoints)
+    print(f"recipe: {learn_real.describe(recipe)}", flush=True)
 
     trained = learn_real.train_as_asked(recipe, records, spec, out, args)
     model_path = os.path.join(out, f"{MODEL_NAME}.keras")

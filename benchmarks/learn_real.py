@@ -72,40 +72,41 @@ PLAN_SAFETY = 0.9                   # fraction of the measured rate the plan cou
                                     # machine is shared: its load changes during a run)
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """Model, targets, augmentation and optimizer of one benchmark run."""
+def default_recipe(crop_mode: str = "box", input_size: Optional[tuple[int, int]] = None):
+    """The benchmark's recipe as one ``model.trainer.TrainConfig`` tree: one tiny stack (128
+    channels), sigma 2, batch 16, Adam 1e-3 (one cosine decay per run), rotation ±180° always
+    (seen from above, every orientation is plausible), scale 0.75-1.25, flip p 0.5, seed 0.
+    Records, keypoint count, log dir and schedule are filled per run (``for_records``,
+    ``train_config``)."""
+    from model.hourglass import HourglassConfig
+    from model.trainer import TrainConfig
+    from pipeline.parser import ParserConfig
+    size = tuple(input_size or DEFAULT_INPUT[crop_mode])
+    return TrainConfig(
+        tfrecords="", model=HourglassConfig(num_stacks=1, num_channels=128, mobile=False, input_size=size),
+        parser=ParserConfig(input_size=size, sigma=2.0, crop_mode=crop_mode, rotation_deg=180.0,
+                            rotation_prob=1.0, scale_range=(0.75, 1.25), flip_prob=0.5),
+        batch_size=16, optimizer="adam", learning_rate=1e-3, decay_type="cosine",
+        foreground_weight=0.0, seed=0)
 
-    crop_mode: str = "box"
-    input_size: tuple[int, int] = (128, 128)
-    num_stacks: int = 1
-    tiny: bool = True                  # 128 channels instead of 256
-    mobile: bool = False
-    sigma: float = 2.0
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    rotation_deg: float = 180.0        # seen from above: every orientation is plausible
-    rotation_prob: float = 1.0
-    scale_range: tuple[float, float] = (0.75, 1.25)
-    flip_prob: float = 0.5
-    foreground_weight: float = 0.0     # model.loss: pixels under a Gaussian weigh 1 + f * target
-    seed: int = 0
 
-    def parser_config(self):
-        from pipeline.parser import ParserConfig
-        return ParserConfig(input_size=self.input_size, sigma=self.sigma, crop_mode=self.crop_mode,
-                            rotation_deg=self.rotation_deg, rotation_prob=self.rotation_prob,
-                            scale_range=self.scale_range, flip_prob=self.flip_prob)
+def describe(cfg) -> str:
+    """One line naming a recipe's model, targets, augmentation and optimizer."""
+    h, w = cfg.model.input_size
+    p = cfg.parser
+    return (f"crop {p.crop_mode}, input {h}x{w}, {cfg.model.num_stacks} stack(s), "
+            f"{cfg.model.num_channels} channels{', mobile' if cfg.model.mobile else ''}, sigma "
+            f"{p.sigma:g}, batch {cfg.batch_size}, {cfg.optimizer.capitalize()} {cfg.learning_rate:g} "
+            f"cosine, rotation ±{p.rotation_deg:g}° (p {p.rotation_prob:g}), scale {p.scale_range[0]:g}-"
+            f"{p.scale_range[1]:g}, flip p {p.flip_prob:g} (pairs swapped), "
+            + (f"foreground weight {cfg.foreground_weight:g}, " if cfg.foreground_weight else "")
+            + f"seed {cfg.seed}")
 
-    def describe(self) -> str:
-        h, w = self.input_size
-        return (f"crop {self.crop_mode}, input {h}x{w}, {self.num_stacks} stack(s), "
-                f"{128 if self.tiny else 256} channels{', mobile' if self.mobile else ''}, sigma "
-                f"{self.sigma:g}, batch {self.batch_size}, Adam {self.learning_rate:g} cosine, rotation "
-                f"±{self.rotation_deg:g}° (p {self.rotation_prob:g}), scale {self.scale_range[0]:g}-"
-                f"{self.scale_range[1]:g}, flip p {self.flip_prob:g} (pairs swapped), "
-                + (f"foreground weight {self.foreground_weight:g}, " if self.foreground_weight else "")
-                + f"seed {self.seed}")
+
+def for_records(cfg, records: str, num_keypoints: int):
+    """`cfg` for these records: their folder and their keypoint count (the model's heads)."""
+    return dataclasses.replace(cfg, tfrecords=records,
+                               model=dataclasses.replace(cfg.model, num_keypoints=num_keypoints))
 
 
 # ----------------------------------------------------------------------------- data
@@ -148,29 +149,20 @@ class SplitLabels:
 
 
 def read_split(records: str, split: str, num_keypoints: int) -> SplitLabels:
-    """File names, image ids, keypoints, visibility and person boxes of every record of `split`."""
+    """File names, image ids, keypoints, visibility and person boxes of every record of `split`,
+    decoded by ``pipeline.decoder`` (no image decoded) from the shards dataset_info.json lists."""
     import tensorflow as tf
 
-    from model.trainer import split_pattern
-    from pipeline import schema
-    features = {
-        schema.FILENAME: tf.io.FixedLenFeature([], tf.string),
-        schema.SOURCE_ID: tf.io.FixedLenFeature([], tf.string),
-        schema.HG_X: tf.io.FixedLenFeature([num_keypoints], tf.float32),
-        schema.HG_Y: tf.io.FixedLenFeature([num_keypoints], tf.float32),
-        schema.KP_VISIBILITY: tf.io.FixedLenFeature([num_keypoints], tf.int64),
-        schema.HG_BBOX: tf.io.FixedLenFeature([4], tf.float32),
-    }
-    files = split_pattern(records, split)          # as dataset_info.json lists them, checked
+    from pipeline import decoder
+    from pipeline.records import split_files
+    files = split_files(records, split)            # as dataset_info.json lists them, checked
     out = SplitLabels([], [], np.zeros((0, num_keypoints, 2)), np.zeros((0, num_keypoints), int))
-    for batch in tf.data.TFRecordDataset(files).batch(256):
-        p = tf.io.parse_example(batch, features)
-        out.filenames += [os.path.basename(f.decode()) for f in p[schema.FILENAME].numpy()]
-        out.source_ids += [int(s) for s in p[schema.SOURCE_ID].numpy()]
-        xy = np.stack([p[schema.HG_X].numpy(), p[schema.HG_Y].numpy()], -1).astype(np.float64)
-        out.keypoints = np.concatenate([out.keypoints, xy])
-        out.visibility = np.concatenate([out.visibility, p[schema.KP_VISIBILITY].numpy()])
-        out.boxes = np.concatenate([out.boxes, p[schema.HG_BBOX].numpy().astype(np.float64)])
+    for d in tf.data.TFRecordDataset(files).map(lambda s: decoder.decode(s, image=False)).batch(256):
+        out.filenames += [os.path.basename(f.decode()) for f in d["filename"].numpy()]
+        out.source_ids += [int(s) for s in d["source_id"].numpy()]
+        out.keypoints = np.concatenate([out.keypoints, d["keypoints"].numpy().astype(np.float64)])
+        out.visibility = np.concatenate([out.visibility, d["visibility"].numpy()])
+        out.boxes = np.concatenate([out.boxes, d["bbox"].numpy().astype(np.float64)])
     return out
 
 
@@ -212,20 +204,15 @@ def mean_position_baseline(train: SplitLabels, held_out: SplitLabels, names) -> 
 # ----------------------------------------------------------------------------- training
 
 
-def train_config(recipe: Recipe, records: str, log_dir: str, *, steps_per_epoch: int,
+def train_config(recipe, records: str, log_dir: str, *, num_keypoints: int, steps_per_epoch: int,
                  total_epoch: int, decay: Optional[str], weights_path: Optional[str] = None,
                  steps_per_loop: int = 50, verbose: bool = True):
-    """The TrainConfig of one run of `recipe` (Adam; checkpoints only at epoch ends)."""
-    from model.trainer import TrainConfig
-    return TrainConfig(
-        tfrecords=records, log_dir=log_dir, num_stacks=recipe.num_stacks,
-        num_channels=128 if recipe.tiny else 256, mobile=recipe.mobile,
-        input_size=recipe.input_size, batch_size=recipe.batch_size, optimizer="adam",
-        learning_rate=recipe.learning_rate, decay_type=decay, total_epoch=total_epoch,
-        seed=recipe.seed, steps_per_loop=steps_per_loop, steps_per_epoch=steps_per_epoch,
+    """The TrainConfig of one run of `recipe` (checkpoints only at epoch ends)."""
+    return dataclasses.replace(
+        for_records(recipe, records, num_keypoints), log_dir=log_dir, decay_type=decay,
+        total_epoch=total_epoch, steps_per_loop=steps_per_loop, steps_per_epoch=steps_per_epoch,
         checkpoint_steps=max(steps_per_epoch, 1), weights_path=weights_path,
-        foreground_weight=recipe.foreground_weight,
-        num_summary_images=0, verbose=verbose, parser=recipe.parser_config())
+        num_summary_images=0, verbose=verbose)
 
 
 @dataclasses.dataclass
@@ -278,14 +265,14 @@ def plan_steps(budget_s: float, spent_s: float, warmup: RunTiming, num_epochs: i
     return max(1, steps // num_epochs)
 
 
-def train_within_budget(recipe: Recipe, records: str, spec, out_dir: str, *, budget_s: float,
+def train_within_budget(recipe, records: str, spec, out_dir: str, *, budget_s: float,
                         warmup_steps: int, num_epochs: int) -> dict:
     """Warm-up run, then the main run from its weights sized to end within `budget_s`."""
     started = time.time()
     loop = max(1, warmup_steps // 4)
     warm_cfg = train_config(recipe, records, os.path.join(out_dir, "warmup"),
-                            steps_per_epoch=4 * loop, total_epoch=1, decay=None,
-                            steps_per_loop=loop, verbose=False)
+                            num_keypoints=spec.num_keypoints, steps_per_epoch=4 * loop,
+                            total_epoch=1, decay=None, steps_per_loop=loop, verbose=False)
     warm_weights = os.path.join(out_dir, "warmup", "warmup.weights.h5")
     warm_summary, warm = run_trainer(warm_cfg, spec, weights_out=warm_weights)
     spe = plan_steps(budget_s, time.time() - started, warm, num_epochs)
@@ -293,8 +280,8 @@ def train_within_budget(recipe: Recipe, records: str, spec, out_dir: str, *, bud
           f"steady, {warm.overhead_s():.1f} s setup, {max(warm.evals or [0]):.1f} s per evaluation) "
           f"-> main run {num_epochs} x {spe} steps", flush=True)
     main_cfg = train_config(recipe, records, os.path.join(out_dir, "train"),
-                            steps_per_epoch=spe, total_epoch=num_epochs, decay="cosine",
-                            weights_path=warm_weights,
+                            num_keypoints=spec.num_keypoints, steps_per_epoch=spe,
+                            total_epoch=num_epochs, decay="cosine", weights_path=warm_weights,
                             steps_per_loop=min(50, spe))
     summary, timing = run_trainer(main_cfg, spec)
     total_steps = warm_summary["steps"] + summary["steps"]
@@ -303,20 +290,21 @@ def train_within_budget(recipe: Recipe, records: str, spec, out_dir: str, *, bud
             "steps_per_second": timing.steady_rate(), "warmup_steps_per_second": warm.steady_rate()}
 
 
-def train_fixed_steps(recipe: Recipe, records: str, spec, out_dir: str, steps: int,
+def train_fixed_steps(recipe, records: str, spec, out_dir: str, steps: int,
                       num_epochs: int) -> dict:
     """Exactly `steps` steps (rounded up to whole epochs), one cosine decay, no warm-up."""
     epochs = max(1, min(num_epochs, steps))
     spe = math.ceil(steps / epochs)
-    cfg = train_config(recipe, records, os.path.join(out_dir, "train"), steps_per_epoch=spe,
-                       total_epoch=epochs, decay="cosine", steps_per_loop=min(50, spe))
+    cfg = train_config(recipe, records, os.path.join(out_dir, "train"),
+                       num_keypoints=spec.num_keypoints, steps_per_epoch=spe, total_epoch=epochs,
+                       decay="cosine", steps_per_loop=min(50, spe))
     started = time.time()
     summary, timing = run_trainer(cfg, spec)
     return {**summary, "train_seconds": time.time() - started, "main_steps": summary["steps"],
             "warmup_steps": 0, "steps_per_second": timing.steady_rate()}
 
 
-def train_as_asked(recipe: Recipe, records: str, spec, out_dir: str, args) -> dict:
+def train_as_asked(recipe, records: str, spec, out_dir: str, args) -> dict:
     """Exactly ``args.steps`` steps when given, else within ``args.minutes`` (warm-up + planned
     main run); ``args.epochs`` epochs either way (both benchmarks' command lines)."""
     if args.steps is not None:
@@ -369,12 +357,12 @@ def _per_keypoint(errors: dict) -> str:
     return ", ".join(f"{n} {v['mean']:.1f}/{v['median']:.1f}" for n, v in errors.items())
 
 
-def report_lines(recipe: Recipe, baseline: dict, plain: dict, flipped: dict, trained: dict,
+def report_lines(recipe, baseline: dict, plain: dict, flipped: dict, trained: dict,
                  pck_threshold_px: float) -> list[str]:
     """The human-readable summary, then one `key: value` line per figure (greppable)."""
     lines = [
         "",
-        f"recipe: {recipe.describe()}",
+        f"recipe: {describe(recipe)}",
         f"held-out frames: {plain['examples']} (img{FIRST_HELD_OUT:04d}-img{NUM_FRAMES - 1:04d}), "
         f"{baseline['points']} points; errors in original 640x480 pixels, mean/median per keypoint",
         f"  baseline (mean training position): mean {baseline['mean_error_px']:.1f} px, median "
@@ -396,7 +384,7 @@ def report_lines(recipe: Recipe, baseline: dict, plain: dict, flipped: dict, tra
                  "back, averaged in: run.py eval --flip_test); heldout_noflip_* without it")
     per = flipped["error_px_per_keypoint"]
     lines += [
-        f"crop_mode: {recipe.crop_mode}",
+        f"crop_mode: {recipe.parser.crop_mode}",
         f"baseline_mean_error_px: {baseline['mean_error_px']:.2f}",
         f"baseline_median_error_px: {baseline['median_error_px']:.2f}",
         *(f"heldout_error_px_{n}: {v['mean']:.2f}" for n, v in per.items()),
@@ -440,30 +428,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", choices=("box", "frame"), default="box",
                    help="box: labelled-points box (GT-box evaluation); frame: whole frame letterboxed")
     p.add_argument("--input_size", type=_size, help="HxW (default 128x128 box, 192x256 frame)")
-    d = Recipe()
-    p.add_argument("--num_stacks", type=int, default=d.num_stacks)
-    p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=d.tiny,
+    d = default_recipe()
+    p.add_argument("--num_stacks", type=int, default=d.model.num_stacks)
+    p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=d.model.num_channels == 128,
                    help="128 channels instead of 256")
-    p.add_argument("--mobile", action=argparse.BooleanOptionalAction, default=d.mobile,
+    p.add_argument("--mobile", action=argparse.BooleanOptionalAction, default=d.model.mobile,
                    help="depthwise-separable convolutions")
-    p.add_argument("--sigma", type=float, default=d.sigma, help="heatmap Gaussian sigma (heatmap px)")
+    p.add_argument("--sigma", type=float, default=d.parser.sigma, help="heatmap Gaussian sigma (heatmap px)")
     p.add_argument("--batch_size", type=int, default=d.batch_size)
     p.add_argument("--learning_rate", type=float, default=d.learning_rate)
-    p.add_argument("--rotation_deg", type=float, default=d.rotation_deg)
-    p.add_argument("--scale_min", type=float, default=d.scale_range[0])
-    p.add_argument("--scale_max", type=float, default=d.scale_range[1])
+    p.add_argument("--rotation_deg", type=float, default=d.parser.rotation_deg)
+    p.add_argument("--scale_min", type=float, default=d.parser.scale_range[0])
+    p.add_argument("--scale_max", type=float, default=d.parser.scale_range[1])
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--epochs", type=int, default=5, help="epochs of the main run (val PCK after each)")
     p.add_argument("--warmup_steps", type=int, default=60, help="steps of the throughput warm-up")
     return p
 
 
-def recipe_from_args(args) -> Recipe:
-    return Recipe(crop_mode=args.crop, input_size=tuple(args.input_size or DEFAULT_INPUT[args.crop]),
-                  num_stacks=args.num_stacks, tiny=args.tiny, mobile=args.mobile, sigma=args.sigma,
-                  batch_size=args.batch_size, learning_rate=args.learning_rate,
-                  rotation_deg=args.rotation_deg, scale_range=(args.scale_min, args.scale_max),
-                  seed=args.seed)
+def recipe_from_args(args):
+    """default_recipe() for --crop and --input_size, with the other flags' values."""
+    d = default_recipe(args.crop, args.input_size)
+    return dataclasses.replace(
+        d, model=dataclasses.replace(d.model, num_stacks=args.num_stacks,
+                                     num_channels=128 if args.tiny else 256, mobile=args.mobile),
+        parser=dataclasses.replace(d.parser, sigma=args.sigma, rotation_deg=args.rotation_deg,
+                                   scale_range=(args.scale_min, args.scale_max)),
+        batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)
 
 
 def main(argv=None) -> int:
@@ -492,14 +483,15 @@ def main(argv=None) -> int:
           f"val {info['counts'].get('val')} records; flip pairs "
           f"{[(spec.names[a], spec.names[b]) for a, b in spec.flip_pairs]}", flush=True)
     baseline = mean_position_baseline(train_labels, held_out, spec.names)
-    print(f"recipe: {recipe.describe()}", flush=True)
+    recipe = for_records(recipe, records, spec.num_keypoints)
+    print(f"recipe: {describe(recipe)}", flush=True)
 
     trained = train_as_asked(recipe, records, spec, out, args)
-    plain = evaluate_held_out(trained["final_model"], records, spec, recipe.crop_mode, held_out, out,
+    plain = evaluate_held_out(trained["final_model"], records, spec, recipe.parser.crop_mode, held_out, out,
                               flip_test=False)
-    flipped = evaluate_held_out(trained["final_model"], records, spec, recipe.crop_mode, held_out,
+    flipped = evaluate_held_out(trained["final_model"], records, spec, recipe.parser.crop_mode, held_out,
                                 out, flip_test=True)
-    threshold = pck_threshold_px(recipe.input_size, 4)
+    threshold = pck_threshold_px(recipe.model.input_size, recipe.parser.stride)
     atomic_write_json(os.path.join(out, "learn_real.json"), {
         "recipe": dataclasses.asdict(recipe), "baseline": baseline, "heldout": flipped,
         "heldout_no_flip_test": plain, "training": trained, "pck_threshold_crop_px": threshold,

@@ -17,14 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-
-# Run as a script, this file's folder would come first on sys.path and shadow the `model`
-# package with this very file: put the repository root there instead.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = _REPO
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

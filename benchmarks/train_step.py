@@ -13,7 +13,6 @@ Prints one line per variant, the last one `ratio: X` for the first variant.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import tempfile
@@ -57,9 +56,10 @@ def main(argv=None) -> int:
 
     from configs import KeypointSpec
     from model.distribute import make_strategy
+    from model.hourglass import HourglassConfig
     from model.trainer import TrainConfig, Trainer
-    from pipeline.convert import read_dataset_info
     from pipeline.parser import ParserConfig
+    from pipeline.records import read_dataset_info
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tfrecords")
@@ -83,15 +83,16 @@ def main(argv=None) -> int:
               f"{128 if args.tiny else 256} ch, {h}x{w}; batch {args.batch_size}")
         first_ratio = None
         for variant in args.variants:
-            keras.mixed_precision.set_global_policy("float32")
+            mixed = variant.startswith("mixed")
             cfg = TrainConfig(
                 tfrecords=records, log_dir=os.path.join(tmp, f"logs_{variant}"),
-                num_stacks=args.num_stacks, num_channels=128 if args.tiny else 256,
-                mobile=args.mobile, input_size=(h, w), batch_size=args.batch_size,
+                model=HourglassConfig(num_keypoints=spec.num_keypoints, num_stacks=args.num_stacks,
+                                      num_channels=128 if args.tiny else 256, mobile=args.mobile,
+                                      input_size=(h, w)),
+                parser=ParserConfig(input_size=(h, w)), batch_size=args.batch_size,
                 optimizer="adam", learning_rate=1e-4, total_epoch=1, steps_per_loop=args.steps,
-                mixed_precision=variant.startswith("mixed"), jit_compile=variant.endswith("xla"),
-                verbose=False, parser=dataclasses.replace(ParserConfig(), input_size=(h, w)))
-            trainer = Trainer(cfg, strategy, spec)
+                mixed_precision=mixed, jit_compile=variant.endswith("xla"), verbose=False)
+            trainer = Trainer(cfg, make_strategy(mixed_precision=mixed), spec)
             real = measure(trainer, args.steps, cached=False)
             cached = measure(trainer, args.steps, cached=True)
             ratio = real / cached

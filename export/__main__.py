@@ -6,7 +6,8 @@
     python -m export --model_path logs/000/final.keras --output_dir exported \\
         --quantize int8 --representative records/ --with_decoder
 
-Writes the models, a json beside each (model.runner.metadata_path) and export_manifest.json
+Writes the models (each carrying its model card, `model.card`), a json copy of the card
+beside each and export_manifest.json
 (read by `python -m export.verify`; a second run into the folder adds to it). Exit status 2
 for a bad flag, path or model.
 """
@@ -45,45 +46,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def calibration_from_records(tfrecords: str, num_examples: int, model, metadata: dict):
-    """Calibration crops: the first `num_examples` eval crops of train (else val)."""
-    from configs import KeypointSpec
-    from export.convert import Calibration, model_geometry
+def calibration_from_records(tfrecords: str, num_examples: int, card):
+    """Calibration crops: the first `num_examples` eval crops of train (else val), cropped as
+    the model card says."""
+    from export.convert import Calibration
     from export.records import load_crops, pick_split
 
-    input_size, stride, _ = model_geometry(model)
-    spec = KeypointSpec.from_dict(metadata, "model metadata")
     split = pick_split(tfrecords, CALIBRATION_SPLITS)
-    crops = load_crops(tfrecords, split, spec, input_size, stride,
-                       metadata.get("crop_mode", "box"), metadata.get("padding", 1.25),
-                       max_examples=num_examples)
+    crops = load_crops(tfrecords, split, card.keypoints, card.input_size, card.output_stride,
+                       card.crop_mode, card.padding, max_examples=num_examples)
     return Calibration(crops.images, tfrecords, split)
 
 
 def run(args) -> dict:
+    from configs import KeypointSpec
     from export.convert import export_model, load_source
     from export.records import read_info
+    from model.card import card_for_model
+    from model.runner import ModelFileError, check_geometry
 
     config = ExportConfig(formats=tuple(args.format), quantizations=tuple(args.quantize),
                           with_decoder=args.with_decoder)
-    from model.runner import ModelFileError, check_geometry
-    model, metadata = load_source(args.model_path)
+    model, card = load_source(args.model_path)
     try:   # a Keras file that is not an image -> heatmaps model of this project
         check_geometry(args.model_path, model.inputs[0].shape, model.outputs[-1].shape)
     except ModelFileError as e:
         raise ExportError(str(e)) from e
-    info = read_info(args.representative) if args.representative else None
-    if not metadata.get("keypoint_names") and info is not None:
-        print(f"note: no metadata json beside {args.model_path}; using the keypoint definition of "
-              f"{args.representative} and crop_mode 'box'", flush=True)
-        metadata = {k: info[k] for k in ("keypoint_names", "flip_pairs", "skeleton", "oks_sigmas")
-                    if k in info}
+    if card is None and args.representative:
+        info = read_info(args.representative)
+        print(f"note: {args.model_path} carries no model card; using the keypoint definition of "
+              f"{args.representative}, a box crop, padding 1.25 and sigma 2", flush=True)
+        try:
+            card = card_for_model(model, KeypointSpec.from_dict(info, args.representative))
+        except ValueError as e:
+            raise ExportError(str(e)) from e
     calibration = None
-    if config.needs_calibration:
-        calibration = calibration_from_records(args.representative, args.num_calibration, model, metadata)
+    if config.needs_calibration and card is not None:
+        calibration = calibration_from_records(args.representative, args.num_calibration, card)
         print(f"calibration: {len(calibration.images)} crops of {args.representative} "
               f"({calibration.split})", flush=True)
-    return export_model(args.model_path, args.output_dir, config, calibration, metadata, model=model)
+    return export_model(args.model_path, args.output_dir, config, calibration, card, model=model)
 
 
 def check_args(args) -> None:

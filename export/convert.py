@@ -1,4 +1,8 @@
-"""A trained `.keras` hourglass -> SavedModel, TFLite (and optionally ONNX) files, each with its json.
+"""A trained `.keras` hourglass -> SavedModel, TFLite (and optionally ONNX) files.
+
+Each file carries its model card (``model.card``: the source's keypoints, architecture, crop
+and codec, plus format, quantization and tensors) inside it (SavedModel ``assets.extra``,
+TFLite metadata; ONNX only beside it), with a readable json copy beside it.
 
 Every exported model keeps only the LAST stack's heatmaps and takes uint8 RGB pixels: the
 wrapper casts them to float and the model normalizes inside, so device code feeds the crop as
@@ -10,7 +14,7 @@ Quantization modes (`QUANTIZATIONS`), TFLite only:
 - ``dynamic``: int8 weights, float activations (dynamic-range).
 - ``int8``: full integer (TFLITE_BUILTINS_INT8): int8 weights and activations, calibrated on
   eval crops of real records; input uint8 pixels (not quantized: the cast is the model's first
-  op), output int8 heatmaps with a scale and zero point (in the metadata json).
+  op), output int8 heatmaps with a scale and zero point (in the model card).
 
 ``with_decoder``: the TFLite models end in the codec's decoder
 (``pipeline.codec.HeatmapCodec.decode``, 'quarter' refinement) and output ``keypoints``
@@ -42,7 +46,14 @@ from typing import Callable, Optional
 import numpy as np
 
 from configs import atomic_write_json
-from model.runner import metadata_path, read_metadata, write_metadata
+from model.card import (
+    ModelCard,
+    embed_in_saved_model,
+    embed_in_tflite,
+    metadata_path,
+    read_card,
+    write_card_beside,
+)
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -111,7 +122,7 @@ def check_model_path(model_path: str) -> None:
 
 
 def load_source(model_path: str):
-    """(keras.Model, metadata dict) of a trainer's `.keras` file; metadata may be {}."""
+    """(keras.Model, its ModelCard or None) of a trainer's `.keras` file."""
     import keras
     check_model_path(model_path)
     try:
@@ -122,7 +133,11 @@ def load_source(model_path: str):
     if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
         raise ExportError(f"{model_path}: expected one image input [B, H, W, 3], got "
                           f"{[tuple(i.shape) for i in model.inputs]}")
-    return model, read_metadata(model_path)
+    try:
+        card, _ = read_card(model_path)
+    except ValueError as e:
+        raise ExportError(str(e)) from e
+    return model, card
 
 
 def model_geometry(model) -> tuple[tuple[int, int], int, int]:
@@ -229,10 +244,10 @@ def float_io(model, with_decoder: bool, heatmap_signature: Optional[str] = None)
     return inputs, outputs
 
 
-def export_saved_model(model, path: str, with_decoder: bool) -> None:
+def export_saved_model(model, path: str, with_decoder: bool, card: Optional[ModelCard] = None) -> None:
     """SavedModel with signature `serving_default`: {image: uint8 [None, H, W, 3]} ->
-    {heatmaps: float32}; with the decoder also `keypoints` -> {keypoints, confidence}.
-    Written to a temporary folder and renamed into place."""
+    {heatmaps: float32}; with the decoder also `keypoints` -> {keypoints, confidence}; the
+    card in `assets.extra`. Written to a temporary folder and renamed into place."""
     import keras
     signature, heatmaps, keypoints = serving_functions(model, with_decoder)
     archive = keras.export.ExportArchive()
@@ -244,6 +259,8 @@ def export_saved_model(model, path: str, with_decoder: bool) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     with contextlib.redirect_stdout(io.StringIO()):
         archive.write_out(tmp)
+    if card is not None:
+        embed_in_saved_model(tmp, card)
     replace_dir(tmp, path)
 
 
@@ -367,11 +384,8 @@ def tensor_details(details: list[dict]) -> list[dict]:
 
 def tflite_io(path_or_bytes) -> tuple[list[dict], list[dict]]:
     """(inputs, outputs) details of a TFLite model, read with the LiteRT interpreter."""
-    from ai_edge_litert.interpreter import Interpreter
-    if isinstance(path_or_bytes, (bytes, bytearray)):
-        interpreter = Interpreter(model_content=bytes(path_or_bytes))
-    else:
-        interpreter = Interpreter(model_path=path_or_bytes)
+    from model.runner import open_interpreter
+    interpreter = open_interpreter(path_or_bytes)
     return (tensor_details(interpreter.get_input_details()),
             tensor_details(interpreter.get_output_details()))
 
@@ -405,81 +419,74 @@ def file_size(path: str) -> int:
     return os.path.getsize(path)
 
 
-def variant_metadata(source_meta: dict, model, fmt: str, quantization: str, with_decoder: bool,
-                     inputs: list[dict], outputs: list[dict],
-                     calibration: Optional[Calibration], source_path: str) -> dict:
-    """The json beside an exported model: the source's keypoint definition and crop settings,
-    plus format, quantization and the input/output tensors' dtype and quantization."""
-    (h, w), stride, k = model_geometry(model)
-    meta = dict(source_meta)
-    meta.update(input_size=[h, w], output_stride=stride, num_keypoints=k,
-                crop_mode=source_meta.get("crop_mode", "box"),
-                padding=source_meta.get("padding", 1.25),
-                input="RGB uint8 0-255 crop [B, H, W, 3], fed as is (normalized inside the model)",
-                format=fmt, quantization=QUANT_NAMES[quantization] if fmt == "tflite" else "float32",
-                batch=1 if fmt == "tflite" else "any",
-                source_model=os.path.abspath(source_path), inputs=inputs, outputs=outputs)
-    if with_decoder:
-        meta["decoder"] = {"refine": DECODER_REFINE, "keypoints": "crop-input pixels [K, 2] (x, y)",
-                           "confidence": "heatmap maximum [K]"}
+def variant_card(source: ModelCard, fmt: str, quantization: str, with_decoder: bool,
+                 inputs: list[dict], outputs: list[dict], calibration: Optional[Calibration],
+                 source_path: str) -> ModelCard:
+    """The card of an exported file: the source's, plus format, quantization, batch, decoder
+    and the input/output tensors with their dtype and quantization."""
+    extra = dict(source.extra, source_model=os.path.abspath(source_path))
     if fmt == "tflite" and quantization == "int8" and calibration is not None:
-        meta["calibration"] = calibration.describe()
-    return meta
+        extra["calibration"] = calibration.describe()
+    return source.replace(
+        format=fmt, quantization=QUANT_NAMES[quantization] if fmt == "tflite" else "float32",
+        batch=1 if fmt == "tflite" else None, decoder=DECODER_REFINE if with_decoder else None,
+        inputs=tuple(inputs), outputs=tuple(outputs), extra=extra)
 
 
 def export_model(model_path: str, output_dir: str, config: ExportConfig,
-                 calibration: Optional[Calibration] = None, metadata: Optional[dict] = None,
+                 calibration: Optional[Calibration] = None, card: Optional[ModelCard] = None,
                  log: Callable[[str], None] = print, model=None) -> dict:
-    """Write every requested variant into `output_dir` plus `export_manifest.json`; returns
-    the manifest. `metadata` replaces the source's json (used when it has none); `model` is
-    the already loaded `model_path`, if any."""
+    """Write every requested variant, its card inside it and a json copy beside it, into
+    `output_dir` plus `export_manifest.json`; returns the manifest. `card` replaces the
+    source's (used when it carries none); `model` is the already loaded `model_path`, if any."""
     if model is None:
-        model, source_meta = load_source(model_path)
+        model, source_card = load_source(model_path)
     else:
-        source_meta = read_metadata(model_path)
-    if metadata is not None:
-        source_meta = metadata
-    if not source_meta.get("keypoint_names"):
-        raise ExportError(f"{metadata_path(model_path)} not found or without keypoint names: the "
-                          f"trainer writes it beside the .keras file; copy it there or pass "
-                          f"--representative (its records' keypoint definition is used)")
+        source_card, _ = read_card(model_path)
+    source_card = card or source_card
+    if source_card is None:
+        raise ExportError(f"{model_path} carries no model card (none inside it, no "
+                          f"{metadata_path(model_path)} beside it): pass --representative (its "
+                          f"records' keypoint definition is used)")
     num_keypoints = model_geometry(model)[2]
-    if len(source_meta["keypoint_names"]) != num_keypoints:
-        raise ExportError(f"{model_path} outputs {num_keypoints} heatmaps but its metadata names "
-                          f"{len(source_meta['keypoint_names'])} keypoints; fix "
-                          f"{metadata_path(model_path)}")
+    if source_card.num_keypoints != num_keypoints:
+        raise ExportError(f"{model_path} outputs {num_keypoints} heatmaps but its model card names "
+                          f"{source_card.num_keypoints} keypoints")
     if config.needs_calibration and calibration is None:
         raise ExportError("--quantize int8 needs --representative (a TFRecords folder)")
     os.makedirs(output_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(model_path))[0]
     variants = []
 
-    def add(path, fmt, quantization, with_decoder, inputs, outputs, seconds):
-        meta = variant_metadata(source_meta, model, fmt, quantization, with_decoder, inputs,
-                                outputs, calibration, model_path)
-        write_metadata(path, meta)
+    def card_of(fmt, quantization, with_decoder, inputs, outputs):
+        return variant_card(source_card, fmt, quantization, with_decoder, inputs, outputs,
+                            calibration, model_path)
+
+    def add(path, card, seconds):
+        write_card_beside(path, card)
         entry = {"name": os.path.basename(path.rstrip("/")), "path": os.path.relpath(path, output_dir),
-                 "format": fmt, "quantization": meta["quantization"], "decoder": with_decoder,
-                 "size_bytes": file_size(path),
+                 "format": card.format, "quantization": card.quantization,
+                 "decoder": card.decoder is not None, "size_bytes": file_size(path),
                  "metadata": os.path.relpath(metadata_path(path), output_dir),
                  "seconds": round(seconds, 1)}
         variants.append(entry)
         log(f"wrote {path} ({entry['size_bytes'] / 1e6:.2f} MB, {entry['quantization']}"
-            f"{', decoder' if with_decoder else ''}, {seconds:.1f} s)")
+            f"{', decoder' if entry['decoder'] else ''}, {seconds:.1f} s)")
 
     if "saved_model" in config.formats:
         path = os.path.join(output_dir, SAVED_MODEL_DIR)
         started = time.time()
-        export_saved_model(model, path, config.with_decoder)
         inputs, outputs = float_io(model, config.with_decoder, heatmap_signature="serving_default")
-        add(path, "saved_model", "none", config.with_decoder, inputs, outputs, time.time() - started)
+        card = card_of("saved_model", "none", config.with_decoder, inputs, outputs)
+        export_saved_model(model, path, config.with_decoder, card)
+        add(path, card, time.time() - started)
 
     if "onnx" in config.formats:
         path = os.path.join(output_dir, f"{stem}_onnx{'_decoder' if config.with_decoder else ''}.onnx")
         started = time.time()
         export_onnx(model, path, config.with_decoder)
         inputs, outputs = float_io(model, config.with_decoder)
-        add(path, "onnx", "none", config.with_decoder, inputs, outputs, time.time() - started)
+        add(path, card_of("onnx", "none", config.with_decoder, inputs, outputs), time.time() - started)
 
     if "tflite" in config.formats:
         suffix = "_decoder" if config.with_decoder else ""
@@ -487,10 +494,11 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
             started = time.time()
             data = convert_tflite(model, quantization, calibration, config.with_decoder)
             path = os.path.join(output_dir, f"{stem}_{QUANT_NAMES[quantization]}{suffix}.tflite")
-            write_bytes_atomic(path, data)
             inputs, outputs = tflite_io(data)
-            add(path, "tflite", quantization, config.with_decoder, inputs,
-                label_outputs(outputs, config.with_decoder), time.time() - started)
+            card = card_of("tflite", quantization, config.with_decoder, inputs,
+                           label_outputs(outputs, config.with_decoder))
+            write_bytes_atomic(path, embed_in_tflite(data, card))
+            add(path, card, time.time() - started)
 
     manifest = merge_manifest(output_dir, model_path, variants, log)
     manifest.update({

@@ -8,8 +8,9 @@ there: file size (and its ratio to the float32 TFLite file), PCK on the split's 
 largest absolute heatmap difference from the Keras model on the same eval crops, and the
 median single-image CPU latency (TFLite at 1 and 2 interpreter threads; Keras and SavedModel
 with TensorFlow's default threads; ONNX, if onnxruntime is installed, with its defaults).
-Heatmap differences use the first `diff_examples` crops (256). Models ending in the decoder
-(`--with_decoder`) are scored on those crops by their own coordinates, against the float model
+Heatmap differences use the first `diff_examples` crops (256). Every model is scored with the
+model card it carries. Models ending in the decoder (`--with_decoder`) are scored through their
+own coordinates (mapped back to the image like any prediction), against the float model
 decoded the same way ('quarter'); their "max diff" is in crop pixels. Prints one table and
 writes the rows as json (default `<models>/verify.json`).
 """
@@ -25,9 +26,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from configs import KeypointSpec, atomic_write_json
+from configs import atomic_write_json
 from export.convert import DECODER_REFINE, MANIFEST_NAME, file_size
-from export.records import Crops, RecordsError, load_crops
+from export.records import RecordsError, load_crops
 
 EVAL_REFINE = "dark"
 
@@ -77,89 +78,33 @@ def batched(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: i
     return np.concatenate([np.asarray(fn(images[i:i + batch])) for i in range(0, len(images), batch)])
 
 
-class DecoderRunner:
-    """A `*_decoder.tflite` model: uint8 crops [B, H, W, 3] -> (keypoints [B, K, 2] crop px,
-    confidence [B, K]), one image per invoke (batch-1 model)."""
-
-    def __init__(self, path: str, num_threads: Optional[int] = None):
-        from ai_edge_litert.interpreter import Interpreter
-        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
-        self.interpreter.allocate_tensors()
-        self._in = self.interpreter.get_input_details()[0]
-        outs = {len(o["shape"]): o for o in self.interpreter.get_output_details()}
-        if set(outs) != {2, 3}:
-            raise VerifyError(f"{path}: expected keypoints [1, K, 2] and confidence [1, K] outputs")
-        self._coords, self._conf = outs[3], outs[2]
-
-    def __call__(self, images: np.ndarray):
-        coords, conf = [], []
-        for image in np.asarray(images, np.uint8):
-            self.interpreter.set_tensor(self._in["index"], image[None].astype(self._in["dtype"]))
-            self.interpreter.invoke()
-            coords.append(self.interpreter.get_tensor(self._coords["index"])[0])
-            conf.append(self.interpreter.get_tensor(self._conf["index"])[0])
-        return np.stack(coords).astype(np.float32), np.stack(conf).astype(np.float32)
-
-
-class OnnxRunner:
-    """An ONNX export through onnxruntime (optional): uint8 crops -> heatmaps (the
-    `model.runner` interface, for evaluate_model), or with the decoder (keypoints, confidence)."""
-
-    kind = "onnx"
-
-    def __init__(self, path: str, metadata: dict):
-        import onnxruntime
-        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        self.metadata = metadata
-        self.input_size = tuple(metadata["input_size"])
-        self.stride = int(metadata["output_stride"])
-        self.num_keypoints = int(metadata["num_keypoints"])
-        self._input = self.session.get_inputs()[0].name
-        self._outputs = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, images: np.ndarray):
-        out = dict(zip(self._outputs, self.session.run(None, {self._input: np.asarray(images, np.uint8)})))
-        if "heatmaps" in out:
-            return out["heatmaps"].astype(np.float32)
-        return out["keypoints"].astype(np.float32), out["confidence"].astype(np.float32)
-
-
 def onnxruntime_available() -> bool:
     import importlib.util
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def crop_pck(coords: np.ndarray, crops: Crops, threshold_px: float) -> float:
-    """PCK from crop-pixel coordinates (the metric of model.metrics, without the inverse affine)."""
-    valid = crops.weights > 0
-    dist = np.linalg.norm(coords - crops.keypoints, axis=-1)
-    return float(((dist < threshold_px) & valid).sum() / max(valid.sum(), 1))
-
-
 def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = VerifyConfig(),
                    log: Callable[[str], None] = print) -> dict:
-    """Rows for the source model and every variant of `models_dir` (see the module docstring)."""
+    """Rows for the source model and every variant of `models_dir` (see the module docstring).
+    Every model is scored by ``model.evaluation.evaluate_model`` with the card it carries."""
     from model.evaluation import evaluate_model
     from model.metrics import pck_threshold_px
     from model.runner import KerasRunner
-    from pipeline.codec import HeatmapCodec
 
     manifest = load_manifest(models_dir)
     source = manifest["source_model"]
     reference = KerasRunner(source)
-    meta = reference.metadata
-    if not meta.get("keypoint_names"):
-        raise VerifyError(f"the source model {source} has no metadata json beside it; the keypoint "
-                          f"definition and crop mode come from there")
-    spec = KeypointSpec.from_dict(meta, f"{source} metadata")
-    crop_mode, padding = meta.get("crop_mode", "box"), float(meta.get("padding", 1.25))
+    card = reference.card
+    if card is None:
+        raise VerifyError(f"the source model {source} carries no model card (none inside it, no "
+                          f"json beside it); the keypoint definition and crop come from there")
     limits = [n for n in (config.max_examples, config.diff_examples) if n is not None]
-    crops = load_crops(tfrecords, config.split, spec, reference.input_size, reference.stride,
-                       crop_mode, padding, min(limits) if limits else None)
-    threshold = pck_threshold_px(reference.input_size, reference.stride)
-    codec = HeatmapCodec(reference.input_size, reference.stride)
+    crops = load_crops(tfrecords, config.split, card.keypoints, card.input_size,
+                       card.output_stride, card.crop_mode, card.padding,
+                       min(limits) if limits else None)
+    threshold = pck_threshold_px(card.input_size, card.output_stride)
     ref_heatmaps = batched(reference, crops.images)
-    ref_coords_quarter = np.asarray(codec.decode(ref_heatmaps, refine=DECODER_REFINE)[0])
+    ref_coords_quarter = np.asarray(card.codec().decode(ref_heatmaps, refine=DECODER_REFINE)[0])
     one = crops.images[:1]
 
     # evaluate_model stops after the batch that reaches max_examples: a divisor as batch size
@@ -167,14 +112,14 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
     batch = max(d for d in range(1, 17) if not config.max_examples or config.max_examples % d == 0)
     scored = {}
 
-    def evaluate(runner) -> float:
-        metrics = evaluate_model(runner, tfrecords, config.split, spec, crop_mode=crop_mode,
-                                 padding=padding, refine=EVAL_REFINE, batch_size=batch,
+    def evaluate(runner, refine: str = EVAL_REFINE) -> float:
+        metrics = evaluate_model(runner, tfrecords, config.split, refine=refine, batch_size=batch,
                                  max_examples=config.max_examples)
         scored["examples"] = int(metrics["examples"])
         return float(metrics["pck"])
 
     float_pck = evaluate(reference)
+    float_quarter = []
     rows = [{"name": os.path.basename(source), "format": "keras", "quantization": "float32",
              "decoder": False, "size_bytes": file_size(source), "pck": float_pck,
              "float_pck": float_pck, "max_abs_diff": 0.0, "diff_unit": "heatmap",
@@ -192,18 +137,22 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
             continue
         row["size_bytes"] = file_size(path)
         runner, timers = open_variant(path, variant, config.threads)
-        if variant["decoder"] and variant["format"] != "saved_model":
-            coords, _ = runner(crops.images)
-            row.update(pck=crop_pck(coords, crops, threshold),
-                       float_pck=crop_pck(ref_coords_quarter, crops, threshold),
+        if runner.decodes:
+            coords = np.concatenate([runner.keypoints(crops.images[i:i + 16])[0]
+                                     for i in range(0, len(crops.images), 16)])
+            if not float_quarter:    # the float model decoded as the decoder does
+                float_quarter.append(evaluate(reference, DECODER_REFINE))
+            row.update(pck=evaluate(runner), float_pck=float_quarter[0],
                        max_abs_diff=float(np.abs(coords - ref_coords_quarter).max()),
                        diff_unit="crop px", refine=DECODER_REFINE)
+            time_one = "keypoints"
         else:
             heatmaps = batched(runner, crops.images)
             row.update(pck=evaluate(runner), float_pck=float_pck,
                        max_abs_diff=float(np.abs(heatmaps - ref_heatmaps).max()),
                        diff_unit="heatmap", refine=EVAL_REFINE)
-        row["latency_ms"] = {k: median_latency_ms(lambda r=r: r(one), config.latency_runs)
+            time_one = "__call__"
+        row["latency_ms"] = {k: median_latency_ms(lambda r=r: getattr(r, time_one)(one), config.latency_runs)
                              for k, r in timers.items()}
         rows.append(row)
         log(f"{row['name']}: PCK {row['pck']:.4f} (float {row['float_pck']:.4f}), max diff "
@@ -217,15 +166,11 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
 
 def open_variant(path: str, variant: dict, threads: tuple[int, ...]):
     """(runner for scoring, {latency key: runner to time}) of one exported variant."""
-    from model.runner import TFLiteRunner, load_runner, read_metadata
-    if variant["format"] == "onnx":
-        runner = OnnxRunner(path, read_metadata(path))
-        return runner, {"ort": runner}
-    if variant["format"] == "tflite":
-        make = DecoderRunner if variant["decoder"] else TFLiteRunner
-        return make(path), {f"{n}t": make(path, num_threads=n) for n in threads}
+    from model.runner import load_runner
     runner = load_runner(path)
-    return runner, {"tf": runner}
+    if variant["format"] == "tflite":
+        return runner, {f"{n}t": load_runner(path, num_threads=n) for n in threads}
+    return runner, {"ort" if variant["format"] == "onnx" else "tf": runner}
 
 
 def add_ratios(rows: list[dict]) -> None:

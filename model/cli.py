@@ -49,7 +49,7 @@ def resolve_spec(args, info: Optional[dict]) -> KeypointSpec:
 
 
 def _dataset_info(tfrecords: str) -> dict:
-    from pipeline.convert import read_dataset_info
+    from pipeline.records import read_dataset_info
     try:
         return read_dataset_info(tfrecords)
     except (FileNotFoundError, ValueError) as e:
@@ -134,6 +134,7 @@ def parser_config(args, input_size, crop_mode: str, augment: bool):
 
 def train(args) -> dict:
     from model.distribute import make_strategy
+    from model.hourglass import HourglassConfig
     from model.trainer import LogDirError, TrainConfig, Trainer, write_run_config
 
     if bool(args.tfrecords) == bool(args.dataset_path):
@@ -144,25 +145,27 @@ def train(args) -> dict:
     tfrecords = args.tfrecords or _records_from_dataset_path(args)
     info = _dataset_info(tfrecords)
     spec = resolve_spec(args, info)
-    cfg = TrainConfig(
-        tfrecords=tfrecords, log_dir=args.log_dir, num_stacks=args.num_stacks,
-        num_channels=128 if args.tiny else 256, mobile=args.mobile, input_size=(h, w),
-        batch_size=args.batch_size, optimizer=args.optimizer, learning_rate=args.learning_rate,
-        decay_type=args.decay_type, warmup_epochs=args.warmup_epochs, init_epoch=args.init_epoch,
-        total_epoch=args.total_epoch, seed=args.seed, steps_per_loop=args.steps_per_loop,
-        steps_per_epoch=args.steps_per_epoch, checkpoint_steps=args.checkpoint_steps,
-        mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
-        foreground_weight=args.foreground_weight,
-        weights_path=args.weights_path, profile_steps=args.profile_steps, verbose=not args.quiet,
-        overwrite_log_dir=getattr(args, "overwrite_log_dir", False),
-        parser=parser_config(args, (h, w), args.crop_mode, augment=not args.no_augment))
     try:
+        model = HourglassConfig(num_keypoints=spec.num_keypoints, num_stacks=args.num_stacks,
+                                num_channels=128 if args.tiny else 256, mobile=args.mobile,
+                                input_size=(h, w))
+        cfg = TrainConfig(
+            tfrecords=tfrecords, log_dir=args.log_dir, model=model,
+            parser=parser_config(args, model.input_size, args.crop_mode, augment=not args.no_augment),
+            batch_size=args.batch_size, optimizer=args.optimizer, learning_rate=args.learning_rate,
+            decay_type=args.decay_type, warmup_epochs=args.warmup_epochs, init_epoch=args.init_epoch,
+            total_epoch=args.total_epoch, seed=args.seed, steps_per_loop=args.steps_per_loop,
+            steps_per_epoch=args.steps_per_epoch, checkpoint_steps=args.checkpoint_steps,
+            mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
+            foreground_weight=args.foreground_weight,
+            weights_path=args.weights_path, profile_steps=args.profile_steps, verbose=not args.quiet,
+            overwrite_log_dir=getattr(args, "overwrite_log_dir", False))
         cfg.validate()
     except ValueError as e:
         raise UsageError(str(e)) from e
     if args.weights_path and not os.path.exists(args.weights_path):
         raise UsageError(f"--weights_path {args.weights_path}: no such file")
-    strategy = make_strategy(tpu=args.tpu, gpu_num=args.gpu_num)
+    strategy = make_strategy(tpu=args.tpu, gpu_num=args.gpu_num, mixed_precision=cfg.mixed_precision)
     try:
         trainer = Trainer(cfg, strategy, spec)
     except LogDirError as e:
@@ -172,19 +175,52 @@ def train(args) -> dict:
     return trainer.train()
 
 
+def _card_with_flags(args, runner, records_spec: Optional[KeypointSpec]):
+    """The model card the model file carries (a default one, with a notice, for a file that
+    carries none), with the keypoint files and --crop_mode of the command line applied; each
+    flag that differs from the card is used with one printed notice."""
+    from model.evaluation import default_card
+    card, notices = runner.card, []
+    if card is None:
+        if records_spec is None:
+            raise UsageError(f"{args.model_path} carries no keypoint names (no model card inside "
+                             f"it or beside it): pass --classes_path (and --skeleton_path to "
+                             f"draw limbs)")
+        card = default_card(runner, records_spec)
+        notices.append(f"{args.model_path} carries no model card: assuming a {card.crop_mode} crop, "
+                       f"padding {card.padding}, sigma {card.sigma} and the keypoints of the records")
+    if records_spec is not None:
+        if list(records_spec.names) != list(card.keypoints.names):
+            raise UsageError(
+                f"{args.model_path} predicts {card.num_keypoints} keypoints "
+                f"({', '.join(card.keypoints.names)}) but the keypoint definition given has "
+                f"{records_spec.num_keypoints} ({', '.join(records_spec.names)}); use records and "
+                f"keypoint files made with the model's keypoints")
+        card = card.replace(keypoints=records_spec)
+    card, flag_notices = card.with_flags(args.model_path, crop_mode=getattr(args, "crop_mode", None))
+    for note in notices + flag_notices:
+        print(f"run.py {args.mode}: note: {note}", file=sys.stderr, flush=True)
+    return card
+
+
+def _load_runner(path: str):
+    from model.runner import load_runner
+    try:
+        return load_runner(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
+
+
 def evaluate(args) -> dict:
     from model.evaluation import evaluate_model
-    from model.runner import load_runner
 
     info = _dataset_info(args.tfrecords)
     spec = resolve_spec(args, info)
-    try:
-        runner = load_runner(args.model_path)
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from e
+    runner = _load_runner(args.model_path)
     if runner.num_keypoints != spec.num_keypoints:
         raise UsageError(f"{args.model_path} predicts {runner.num_keypoints} keypoints, the records "
                          f"have {spec.num_keypoints}")
+    card = _card_with_flags(args, runner, spec)
     annotations = args.annotations
     if annotations is not None and not os.path.isfile(annotations):
         raise UsageError(f"--annotations {annotations}: no such file (leave it out to score OKS AP "
@@ -197,11 +233,11 @@ def evaluate(args) -> dict:
             note = (f"the records' source json {annotations} is gone; OKS AP is scored against the "
                     f"records (crowd and unlabelled persons of the json are not in them)")
             annotations = None
-    crop_mode = args.crop_mode or info.get("crop_mode", "box")
     metrics = evaluate_model(
-        runner, args.tfrecords, args.split, spec, crop_mode=crop_mode, batch_size=args.batch_size,
+        runner, args.tfrecords, args.split, card=card, batch_size=args.batch_size,
         flip_test=args.flip_test, refine=args.refine, result_json=args.result_json,
         annotations=annotations, save_result=args.save_result)
+    metrics["model_card"] = runner.card_source
     if note:
         metrics["coco_note"] = note
     if "coco_unavailable" in metrics:
@@ -216,35 +252,31 @@ def evaluate(args) -> dict:
 
 def predict(args) -> dict:
     from model.predict import run_demo
-    from model.runner import load_runner
+    from model.predictor import Predictor
 
-    try:
-        runner = load_runner(args.model_path)
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from e
-    spec = _spec_for_model(args, runner)
-    try:
-        return run_demo(runner, spec, args.input, args.output, bbox=args.bbox, refine=args.refine,
-                        flip_test=args.flip_test, conf_threshold=args.conf_threshold,
-                        max_frames=args.max_frames)
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from e
-
-
-def _spec_for_model(args, runner) -> KeypointSpec:
-    """Keypoint files from flags, else the metadata saved beside/with the model."""
+    runner = _load_runner(args.model_path)
+    spec = None
     if args.classes_path:
         spec = resolve_spec(args, None)
-    elif runner.metadata.get("keypoint_names"):
+    elif runner.card is not None and (args.matchpoint_path or args.skeleton_path
+                                      or getattr(args, "sigmas_path", None)):
         try:
-            spec = KeypointSpec.from_dict(runner.metadata, f"{args.model_path} metadata")
-            spec = spec.with_sigmas_file(getattr(args, "sigmas_path", None))
+            files = spec_with_files(runner.card.keypoints.names, args.matchpoint_path,
+                                    args.skeleton_path)
         except KeypointSpecError as e:
             raise UsageError(str(e)) from e
-    else:
-        raise UsageError(f"{args.model_path} carries no keypoint names: pass --classes_path "
-                         f"(and --skeleton_path to draw limbs)")
-    if spec.num_keypoints != runner.num_keypoints:
+        spec = dataclasses.replace(
+            runner.card.keypoints,
+            **({"flip_pairs": files.flip_pairs, "vertical_flip_pairs": files.vertical_flip_pairs}
+               if args.matchpoint_path else {}),
+            **({"skeleton": files.skeleton} if args.skeleton_path else {}))
+    if spec is not None and spec.num_keypoints != runner.num_keypoints:
         raise UsageError(f"{args.model_path} predicts {runner.num_keypoints} keypoints but the "
                          f"classes file names {spec.num_keypoints}")
-    return spec
+    card = _card_with_flags(args, runner, spec)
+    predictor = Predictor(runner, card, refine=args.refine, flip_test=args.flip_test)
+    try:
+        return run_demo(predictor, args.input, args.output, bbox=args.bbox,
+                        conf_threshold=args.conf_threshold, max_frames=args.max_frames)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e

@@ -9,9 +9,15 @@ from typing import Optional
 import tensorflow as tf
 
 
-def make_strategy(tpu: Optional[str] = None, gpu_num: Optional[int] = None) -> tf.distribute.Strategy:
+def make_strategy(tpu: Optional[str] = None, gpu_num: Optional[int] = None,
+                  mixed_precision: bool = False) -> tf.distribute.Strategy:
     """TPUStrategy with --tpu; MultiWorkerMirrored when TF_CONFIG names several workers;
-    Mirrored over the GPUs when more than one is visible (or gpu_num > 1); else the default."""
+    Mirrored over the GPUs when more than one is visible (or gpu_num > 1); else the default.
+    Also sets the process's Keras precision policy, before any model is built under the
+    strategy: "mixed_float16" with mixed_precision (float16 compute, float32 variables and
+    outputs), else "float32"."""
+    import keras
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
     if tpu is not None:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
         tf.config.experimental_connect_to_cluster(resolver)

@@ -1,8 +1,9 @@
 """Evaluate any model file on TFRecords: PCK (original metric), torso PCK (LSP), COCO OKS AP,
 PCKh, pixel errors.
 
-Predictions go the way back through the codec (sub-pixel decode, optional flip test) and the
-inverse crop affine, so COCO results and every pixel distance are in original-image pixels.
+Predictions go through ``model.predictor.Predictor`` (the model card's crop and codec,
+sub-pixel decode or the model's own decoder, optional flip test, inverse crop affine), so COCO
+results and every pixel distance are in original-image pixels.
 
 OKS AP needs the skeleton's sigmas (``KeypointSpec.oks_sigmas``): without them the metrics
 say why (``coco_unavailable``) instead of scoring with invented sigmas. The ground truth is
@@ -18,6 +19,8 @@ from typing import Optional
 import numpy as np
 
 from configs import KeypointSpec, atomic_write_json
+from model.card import ModelCard
+from model.hourglass import OUTPUT_STRIDE
 from model.metrics import KeypointAccumulator, coco_keypoint_ap, coco_result, pck_threshold_px
 from model.runner import Runner
 
@@ -26,50 +29,52 @@ NO_SIGMAS = ("the keypoint definition has no OKS sigmas, so there is no OKS AP; 
              "COCO's sigmas without it)")
 
 
-def predict_heatmaps(runner: Runner, images: np.ndarray, spec: KeypointSpec, flip_test: bool):
-    """Last-stack heatmaps for a batch; with flip_test, averaged with the mirrored input's."""
-    from pipeline.codec import merge_flip
-    heatmaps = runner(images)
-    if flip_test:
-        flipped = runner(np.ascontiguousarray(images[:, :, ::-1]))
-        heatmaps = np.asarray(merge_flip(heatmaps, flipped, spec.flip_indices))
-    return heatmaps
+def default_card(runner: Runner, spec: KeypointSpec) -> ModelCard:
+    """The card assumed for a model file that carries none: its geometry, the records'
+    keypoints and the training defaults (box crop, padding 1.25, sigma 2, DARK)."""
+    return ModelCard(keypoints=spec, input_size=tuple(runner.input_size),
+                     output_stride=runner.stride or OUTPUT_STRIDE)
 
 
-def evaluate_model(runner: Runner, tfrecords: str, split: str, spec: KeypointSpec, *,
-                   crop_mode: str = "box", batch_size: int = 16, flip_test: bool = False,
-                   refine: str = "dark", result_json: Optional[str] = None,
+def evaluate_model(runner: Runner, tfrecords: str, split: str, spec: Optional[KeypointSpec] = None,
+                   *, card: Optional[ModelCard] = None, crop_mode: Optional[str] = None,
+                   padding: Optional[float] = None, batch_size: int = 16, flip_test: bool = False,
+                   refine: Optional[str] = None, result_json: Optional[str] = None,
                    annotations: Optional[str] = None, save_result: Optional[str] = None,
-                   padding: float = 1.25, max_examples: Optional[int] = None) -> dict:
+                   max_examples: Optional[int] = None) -> dict:
     """Metrics over every record of `split` (each exactly once); see ``model.metrics`` for
     the keys ('pck', 'pck_torso@0.2', 'pck_torso@0.2_per_keypoint', 'mean_error_px', 'coco'
-    or 'coco_unavailable', ...). ``annotations``: a COCO json to score OKS AP against (the
-    records' source); None builds the ground truth from the records."""
-    from model.trainer import split_pattern
-    from pipeline.affine import invert_np, transform_points_np
-    from pipeline.codec import HeatmapCodec
+    or 'coco_unavailable', ...). The crop and codec come from ``card`` (default: the runner's
+    own card); ``spec`` (e.g. with sigmas given by flags), ``crop_mode`` and ``padding``
+    replace the card's. ``annotations``: a COCO json to score OKS AP against (the records'
+    source); None builds the ground truth from the records."""
+    from model.predictor import Predictor
     from pipeline.input_reader import InputReader
-    from pipeline.parser import Parser, ParserConfig
+    from pipeline.parser import Parser
+    from pipeline.records import split_files
 
-    stride = runner.stride
-    cfg = ParserConfig(input_size=runner.input_size, stride=stride, crop_mode=crop_mode,
-                       padding=padding)
-    parser = Parser(cfg, spec)
-    codec = HeatmapCodec(runner.input_size, stride, cfg.sigma)
-    reader = InputReader(file_pattern=split_pattern(tfrecords, split), parser=parser,
+    card = card or runner.card
+    if card is None:
+        if spec is None:
+            raise ValueError(f"{runner.kind} model has no model card: pass its keypoint definition")
+        card = default_card(runner, spec)
+    changes = {k: v for k, v in (("keypoints", spec), ("crop_mode", crop_mode), ("padding", padding))
+               if v is not None}
+    card = card.replace(**changes) if changes else card
+    spec = card.keypoints
+    predictor = Predictor(runner, card, refine=refine, flip_test=flip_test)
+    parser = Parser(card.eval_parser_config(), spec)
+    reader = InputReader(file_pattern=split_files(tfrecords, split), parser=parser,
                          is_training=False, global_batch_size=batch_size)
-    acc = KeypointAccumulator(spec.num_keypoints, pck_threshold_px(runner.input_size, stride),
+    acc = KeypointAccumulator(spec.num_keypoints, pck_threshold_px(card.input_size, card.output_stride),
                               spec.names)
     results, truth, seen, started = [], [], 0, time.time()
     if save_result:
         os.makedirs(save_result, exist_ok=True)
     for images, labels in reader(None):
         images = images.numpy()
-        heatmaps = predict_heatmaps(runner, images, spec, flip_test)
-        coords, conf = codec.decode(heatmaps, refine=refine)
-        coords, conf = np.asarray(coords, np.float64), np.asarray(conf, np.float64)
-        matrices = labels["matrix"].numpy()
-        orig = np.stack([transform_points_np(invert_np(m), c) for m, c in zip(matrices, coords)])
+        coords, conf = predictor.crop_keypoints(images)
+        orig = predictor.to_image(coords, labels["matrix"].numpy())
         acc.add(coords, labels["keypoints"].numpy(), labels["weights"].numpy(), orig,
                 labels["orig_keypoints"].numpy(), labels["visibility"].numpy(),
                 labels["head_size"].numpy())
@@ -85,8 +90,9 @@ def evaluate_model(runner: Runner, tfrecords: str, split: str, spec: KeypointSpe
         if max_examples and seen >= max_examples:
             break
     metrics = acc.result(spec.names)
-    metrics.update(examples=seen, model=runner.kind, flip_test=flip_test, refine=refine,
-                   seconds=round(time.time() - started, 2))
+    metrics.update(examples=seen, model=runner.kind, flip_test=flip_test, refine=predictor.refine,
+                   crop_mode=card.crop_mode, padding=card.padding, sigma=card.sigma,
+                   decoder=runner.decodes, seconds=round(time.time() - started, 2))
     if result_json:
         atomic_write_json(result_json, results)
         metrics["result_json"] = result_json

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 PCK_THRESHOLD = 0.5
 PCK_NORMALIZE_AT_256 = 6.4
@@ -28,15 +27,19 @@ def pck_threshold_px(input_size: Sequence[int], stride: int) -> float:
     return PCK_THRESHOLD * normalize * stride
 
 
-def pck_counts(pred_xy, gt_xy, weights, threshold_px):
-    """Per-keypoint (correct, total) sums over a batch; TF ops (run inside a replica).
+def pck_counts(pred_xy, gt_xy, weights, threshold_px, xp=np):
+    """Per-keypoint (correct, total) sums over a batch: a keypoint with a target (weight > 0)
+    is correct when its distance is below ``threshold_px``.
 
-    pred_xy, gt_xy: [B, K, 2] crop-input pixels; weights: [B, K] (> 0 means a target).
-    """
-    valid = tf.cast(weights > 0, tf.float32)
-    dist = tf.norm(tf.cast(pred_xy, tf.float32) - tf.cast(gt_xy, tf.float32), axis=-1)
-    correct = tf.cast(dist < threshold_px, tf.float32) * valid
-    return tf.reduce_sum(correct, axis=0), tf.reduce_sum(valid, axis=0)
+    pred_xy, gt_xy: [B, K, 2] crop-input pixels; weights: [B, K]. ``xp`` is numpy (what
+    ``KeypointAccumulator`` uses for ``run.py eval``) or ``tf.experimental.numpy`` (the
+    trainer's validation, inside a replica)."""
+    valid = weights > 0
+    d = pred_xy - gt_xy
+    dist = xp.sqrt(xp.sum(d * d, axis=-1))
+    ftype = dist.dtype
+    correct = xp.sum(xp.asarray(xp.logical_and(dist < threshold_px, valid), dtype=ftype), axis=0)
+    return correct, xp.sum(xp.asarray(valid, dtype=ftype), axis=0)
 
 
 # The torso diagonals, in order of preference: the first one with both ends labelled is used.
@@ -145,10 +148,10 @@ class KeypointAccumulator:
 
     def add(self, pred_crop, gt_crop, weights, pred_orig, gt_orig, visibility, head_size):
         """One batch: crop-pixel and original-pixel coordinates [B, K, 2]."""
-        weights = np.asarray(weights) > 0
-        d_crop = np.linalg.norm(np.asarray(pred_crop) - np.asarray(gt_crop), axis=-1)
-        self.correct += ((d_crop < self.threshold) & weights).sum(0)
-        self.total += weights.sum(0)
+        correct, total = pck_counts(np.asarray(pred_crop, np.float64), np.asarray(gt_crop, np.float64),
+                                    np.asarray(weights), self.threshold)
+        self.correct += correct
+        self.total += total
         labelled = np.asarray(visibility) > 0
         d_orig = np.linalg.norm(np.asarray(pred_orig) - np.asarray(gt_orig), axis=-1)
         for k in range(self.k):

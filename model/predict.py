@@ -2,7 +2,8 @@
 
 Frames are read with OpenCV (BGR) and converted to RGB before the model sees them. Without
 --bbox the whole frame is letterboxed to the model's aspect ratio (never stretched); the crop
-uses the same affine and warp as training, and predictions go back through its inverse.
+uses the same affine and warp as training, and predictions go back through its inverse
+(``model.predictor.Predictor``, with the model card's crop and codec).
 """
 from __future__ import annotations
 
@@ -13,34 +14,9 @@ from typing import Iterator, Optional
 import cv2
 import numpy as np
 
-from configs import KeypointSpec
-from model.runner import Runner
+from model.predictor import Predictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def predict_image(runner: Runner, spec: KeypointSpec, image_rgb: np.ndarray,
-                  bbox=None, refine: str = "dark", flip_test: bool = False, padding: float = 1.25):
-    """Keypoints [K, 2] in original-image pixels and confidences [K] for one RGB image."""
-    from model.evaluation import predict_heatmaps
-    from pipeline.affine import crop_matrix_np, invert_np, transform_points_np, warp_image
-    from pipeline.codec import HeatmapCodec
-    from pipeline.coords import box_to_center_scale
-
-    h, w = image_rgb.shape[:2]
-    if bbox is not None:
-        center, scale = box_to_center_scale(*bbox)
-        matrix = crop_matrix_np(center, scale, padding, runner.input_size)
-    else:
-        matrix = crop_matrix_np(None, None, 1.0, runner.input_size, crop_mode="frame",
-                                image_size=(h, w))
-    crop = np.asarray(warp_image(np.asarray(image_rgb, np.uint8), matrix.astype(np.float32),
-                                 runner.input_size))   # uint8 in, rounded uint8 out
-    heatmaps = predict_heatmaps(runner, crop[None], spec, flip_test)
-    codec = HeatmapCodec(runner.input_size, runner.stride)
-    coords, conf = codec.decode(heatmaps, refine=refine)
-    coords = np.asarray(coords, np.float64)[0]
-    return transform_points_np(invert_np(matrix), coords), np.asarray(conf)[0]
 
 
 VIDEO_EXTENSIONS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
@@ -141,8 +117,7 @@ def _write_image(path: str, bgr: np.ndarray) -> None:
             os.remove(tmp)
 
 
-def run_demo(runner: Runner, spec: KeypointSpec, source: str, output: Optional[str], *,
-             bbox=None, refine: str = "dark", flip_test: bool = False,
+def run_demo(predictor: Predictor, source: str, output: Optional[str], *, bbox=None,
              conf_threshold: float = 0.1, max_frames: Optional[int] = None) -> dict:
     """Predict on every frame of `source`; write drawn images or a video to `output`.
 
@@ -174,10 +149,11 @@ def run_demo(runner: Runner, spec: KeypointSpec, source: str, output: Optional[s
             if frame is None:
                 skipped.append(name)
                 continue
-            kps, conf = predict_image(runner, spec, frame, bbox=bbox, refine=refine, flip_test=flip_test)
+            kps, conf = predictor.predict_image(frame, bbox=bbox)
             predictions.append({"frame": os.path.basename(name), "keypoints": kps.round(2).tolist(),
                                 "confidence": conf.round(4).tolist()})
-            bgr = np.ascontiguousarray(draw_skeleton(frame, kps, conf >= conf_threshold, spec)[..., ::-1])
+            drawn = draw_skeleton(frame, kps, conf >= conf_threshold, predictor.spec)
+            bgr = np.ascontiguousarray(drawn[..., ::-1])
             if video and output:
                 if writer is None:
                     os.makedirs(os.path.dirname(os.path.abspath(out_video)), exist_ok=True)

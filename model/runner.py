@@ -1,21 +1,26 @@
-"""One call for every model file: `.keras`, a SavedModel folder, or `.tflite`.
+"""Every model file behind one call: `.keras`, a SavedModel folder, `.tflite` or `.onnx`.
 
-A runner takes RGB uint8 crops [B, H, W, 3] and returns the last stack's heatmaps
-[B, H/s, W/s, K] as float32 numpy. Its `metadata` is the json saved beside the model
-(`metadata_path`): keypoint names, flip pairs, skeleton, input size, stride, crop mode.
+A runner takes RGB uint8 crops [B, H, W, 3]. A heatmap model's runner returns the last
+stack's heatmaps [B, H/s, W/s, K] (float32 numpy) from ``__call__``; a model exported with
+its decoder (``--with_decoder``) has ``decodes = True`` and returns (keypoints [B, K, 2] in
+crop pixels, confidence [B, K]) from ``keypoints``. ``runner.card`` is the model card read
+from the file (``model.card``), None for a file that carries none. The LiteRT interpreter is
+set up in one place (``open_interpreter``).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Optional
 
 import numpy as np
 
-from configs import KeypointSpec, atomic_write_json
-
-DEFAULT_STRIDE = 4
+from model.card import (  # noqa: F401  (metadata_path: the json beside a model)
+    CardError,
+    ModelCard,
+    metadata_path,
+    read_card,
+)
 
 
 class ModelFileError(ValueError):
@@ -27,16 +32,7 @@ def check_geometry(path: str, input_shape, output_shape) -> tuple[tuple[int, int
     [B, H/s, W/s, K]; ModelFileError naming `path` when the model is not that (input size not
     fixed or not a multiple of 32, not 3 channels, no 4-D output, uneven stride)."""
     input_shape, output_shape = list(input_shape), list(output_shape)
-    if len(input_shape) != 4 or input_shape[-1] != 3:
-        raise ModelFileError(f"{path}: expected an image input [batch, H, W, 3], got {input_shape}")
-    h, w = input_shape[1:3]
-    if h is None or w is None or int(h) < 1 or int(w) < 1:
-        raise ModelFileError(f"{path}: the input size is not fixed ({input_shape}); export the "
-                             f"model with a fixed HxW")
-    h, w = int(h), int(w)
-    if h % 32 or w % 32:
-        raise ModelFileError(f"{path}: input size {h}x{w} is not a multiple of 32, which the "
-                             f"hourglass needs; not a model this project wrote")
+    h, w = _check_image_input(path, input_shape)
     if len(output_shape) != 4 or not output_shape[1] or not output_shape[2] or not output_shape[3]:
         raise ModelFileError(f"{path}: expected heatmaps [batch, H/s, W/s, K] as the last output, "
                              f"got {output_shape}")
@@ -47,48 +43,63 @@ def check_geometry(path: str, input_shape, output_shape) -> tuple[tuple[int, int
     return (h, w), h // oh, k
 
 
-def metadata_path(model_path: str) -> str:
-    """`model.keras` -> `model.json`; a SavedModel folder -> `folder/hourglass_metadata.json`."""
-    model_path = model_path.rstrip("/")
-    if os.path.isdir(model_path):
-        return os.path.join(model_path, "hourglass_metadata.json")
-    return os.path.splitext(model_path)[0] + ".json"
+def _check_image_input(path: str, input_shape) -> tuple[int, int]:
+    input_shape = list(input_shape)
+    if len(input_shape) != 4 or input_shape[-1] != 3:
+        raise ModelFileError(f"{path}: expected an image input [batch, H, W, 3], got {input_shape}")
+    h, w = input_shape[1:3]
+    if h is None or w is None or int(h) < 1 or int(w) < 1:
+        raise ModelFileError(f"{path}: the input size is not fixed ({input_shape}); export the "
+                             f"model with a fixed HxW")
+    h, w = int(h), int(w)
+    if h % 32 or w % 32:
+        raise ModelFileError(f"{path}: input size {h}x{w} is not a multiple of 32, which the "
+                             f"hourglass needs; not a model this project wrote")
+    return h, w
 
 
-def model_metadata(spec: KeypointSpec, input_size, stride: int = DEFAULT_STRIDE,
-                   crop_mode: str = "box", padding: float = 1.25, **extra) -> dict:
-    """The json saved beside a model: the keypoint definition (names, flip pairs, skeleton,
-    ``oks_sigmas`` {name: sigma} or null), input size, stride, crop; plus ``extra``."""
-    data = spec.to_dict()
-    data.update(input_size=list(input_size), output_stride=stride, crop_mode=crop_mode,
-                padding=padding, input="RGB uint8 0-255, normalized inside the model")
-    data.update(extra)
-    return data
-
-
-def write_metadata(model_path: str, metadata: dict) -> str:
-    path = metadata_path(model_path)
-    atomic_write_json(path, metadata)
-    return path
-
-
-def read_metadata(model_path: str) -> dict:
-    path = metadata_path(model_path)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    return {}
+def open_interpreter(model, num_threads: Optional[int] = None):
+    """An allocated LiteRT interpreter of a `.tflite` path or flatbuffer bytes."""
+    from ai_edge_litert.interpreter import Interpreter
+    if isinstance(model, (bytes, bytearray)):
+        interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+    else:
+        interpreter = Interpreter(model_path=model, num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 class Runner:
+    """uint8 crops -> heatmaps (``__call__``) or, when ``decodes``, -> keypoints (``keypoints``)."""
+
     input_size: tuple[int, int]
     num_keypoints: int
     stride: int
-    metadata: dict
     kind: str
+    card: Optional[ModelCard] = None
+    card_source: str = "none"
+    decodes: bool = False
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        raise ModelFileError(f"{self.kind} model {self.path} ends in its keypoint decoder and "
+                             f"outputs no heatmaps")
+
+    def keypoints(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    @property
+    def metadata(self) -> dict:
+        """The card as plain data ({} without one)."""
+        return self.card.to_dict() if self.card is not None else {}
+
+    def _read_card(self, path: str) -> None:
+        try:
+            self.card, self.card_source = read_card(path)
+        except CardError as e:
+            raise ModelFileError(str(e)) from e
+        if self.card is not None and self.card.num_keypoints != self.num_keypoints:
+            raise ModelFileError(f"{path} outputs {self.num_keypoints} keypoints but its model card "
+                                 f"names {self.card.num_keypoints}")
 
 
 class KerasRunner(Runner):
@@ -97,13 +108,15 @@ class KerasRunner(Runner):
     def __init__(self, path: str, model=None):
         import keras
         import tensorflow as tf
+        self.path = path
         self.model = model if model is not None else keras.models.load_model(
             path, compile=False, safe_mode=True)
         if len(self.model.inputs) != 1:
             raise ModelFileError(f"{path}: expected one image input, got {len(self.model.inputs)}")
         self.input_size, self.stride, self.num_keypoints = check_geometry(
             path, self.model.inputs[0].shape, self.model.outputs[-1].shape)
-        self.metadata = read_metadata(path) if path else {}
+        if path:
+            self._read_card(path)
         from model import as_stack_list
         model_ = self.model
         self._fn = tf.function(lambda x: as_stack_list(model_(x, training=False))[-1],
@@ -118,6 +131,7 @@ class SavedModelRunner(Runner):
 
     def __init__(self, path: str):
         import tensorflow as tf
+        self.path = path
         loaded = tf.saved_model.load(path)
         self._loaded = loaded
         self._fn = loaded.signatures["serving_default"]
@@ -128,7 +142,7 @@ class SavedModelRunner(Runner):
         self._output_name = _last_heatmap_name(list(outputs.keys()))
         self.input_size, self.stride, self.num_keypoints = check_geometry(
             path, image_spec.shape.as_list(), outputs[self._output_name].shape.as_list())
-        self.metadata = read_metadata(path)
+        self._read_card(path)
 
     def __call__(self, images):
         import tensorflow as tf
@@ -136,40 +150,99 @@ class SavedModelRunner(Runner):
         return out[self._output_name].numpy().astype(np.float32)
 
 
+def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail["quantization"]
+    if detail["dtype"] in (np.int8, np.uint8, np.int16) and scale:
+        return (value.astype(np.float32) - zero) * scale
+    return value.astype(np.float32)
+
+
 class TFLiteRunner(Runner):
+    """A batch-1 `.tflite` model, heatmaps out or (with its decoder) keypoints out."""
+
     kind = "tflite"
 
     def __init__(self, path: str, num_threads: Optional[int] = None):
-        from ai_edge_litert.interpreter import Interpreter
-        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
-        self.interpreter.allocate_tensors()
-        inp = self.interpreter.get_input_details()[0]
+        self.path = path
+        self.interpreter = open_interpreter(path, num_threads)
+        self._in = self.interpreter.get_input_details()[0]
         outs = self.interpreter.get_output_details()
         heat = [o for o in outs if len(o["shape"]) == 4]
-        if not heat:
-            raise ModelFileError(f"{path}: no heatmap output (a model exported --with_decoder gives "
-                             f"coordinates; evaluate the heatmap model instead)")
-        self._in = inp
-        self._out = heat[-1] if len(heat) == 1 else sorted(heat, key=lambda o: o["name"])[-1]
-        self.input_size, self.stride, self.num_keypoints = check_geometry(
-            path, [int(v) for v in inp["shape"]], [int(v) for v in self._out["shape"]])
-        self.metadata = read_metadata(path)
+        by_rank = {len(o["shape"]): o for o in outs}
+        if heat:
+            self._out = heat[-1] if len(heat) == 1 else sorted(heat, key=lambda o: o["name"])[-1]
+            self.input_size, self.stride, self.num_keypoints = check_geometry(
+                path, [int(v) for v in self._in["shape"]], [int(v) for v in self._out["shape"]])
+        elif set(by_rank) == {2, 3}:
+            self.decodes = True
+            self._coords, self._conf = by_rank[3], by_rank[2]
+            self.input_size = _check_image_input(path, [int(v) for v in self._in["shape"]])
+            self.num_keypoints = int(self._coords["shape"][1])
+            self.stride = None
+        else:
+            raise ModelFileError(f"{path}: neither heatmaps [1, h, w, K] nor keypoints [1, K, 2] "
+                                 f"with confidence [1, K] as outputs")
+        self._read_card(path)
+        if self.decodes:
+            self.stride = self.card.output_stride if self.card is not None else None
+
+    def _invoke(self, image: np.ndarray) -> None:
+        x = image[None]
+        if self._in["dtype"] != np.uint8:
+            x = x.astype(self._in["dtype"])
+        self.interpreter.set_tensor(self._in["index"], x)
+        self.interpreter.invoke()
 
     def __call__(self, images):
-        images = np.asarray(images, np.uint8)
+        if self.decodes:
+            return super().__call__(images)
         results = []
-        for image in images:   # the converted model has batch 1
-            x = image[None]
-            if self._in["dtype"] != np.uint8:
-                x = x.astype(self._in["dtype"])
-            self.interpreter.set_tensor(self._in["index"], x)
-            self.interpreter.invoke()
-            y = self.interpreter.get_tensor(self._out["index"])
-            scale, zero = self._out["quantization"]
-            if self._out["dtype"] in (np.int8, np.uint8) and scale:
-                y = (y.astype(np.float32) - zero) * scale
-            results.append(y[0].astype(np.float32))
+        for image in np.asarray(images, np.uint8):   # the converted model has batch 1
+            self._invoke(image)
+            results.append(_dequantize(self.interpreter.get_tensor(self._out["index"]), self._out)[0])
         return np.stack(results)
+
+    def keypoints(self, images):
+        coords, conf = [], []
+        for image in np.asarray(images, np.uint8):
+            self._invoke(image)
+            coords.append(self.interpreter.get_tensor(self._coords["index"])[0])
+            conf.append(self.interpreter.get_tensor(self._conf["index"])[0])
+        return np.stack(coords).astype(np.float32), np.stack(conf).astype(np.float32)
+
+
+class OnnxRunner(Runner):
+    """An ONNX export through onnxruntime (an optional extra); its card is the json beside it."""
+
+    kind = "onnx"
+
+    def __init__(self, path: str):
+        import onnxruntime
+        self.path = path
+        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self._input = self.session.get_inputs()[0]
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        self.decodes = "heatmaps" not in self._outputs
+        card, _ = read_card(path)
+        if card is None:
+            raise ModelFileError(f"{path}: an ONNX model needs its card json beside it "
+                                 f"({metadata_path(path)}), written by python -m export")
+        self.input_size = tuple(card.input_size)
+        self.stride, self.num_keypoints = card.output_stride, card.num_keypoints
+        self.card, self.card_source = card, metadata_path(path)
+
+    def _run(self, images):
+        feed = {self._input.name: np.asarray(images, np.uint8)}
+        return dict(zip(self._outputs, self.session.run(None, feed)))
+
+    def __call__(self, images):
+        if self.decodes:
+            return super().__call__(images)
+        return self._run(images)["heatmaps"].astype(np.float32)
+
+    def keypoints(self, images):
+        out = self._run(images)
+        return out["keypoints"].astype(np.float32), out["confidence"].astype(np.float32)
 
 
 def _last_heatmap_name(names: list[str]) -> str:
@@ -180,10 +253,10 @@ def _last_heatmap_name(names: list[str]) -> str:
     return max(numbered)[1] if numbered else sorted(names)[-1]
 
 
-def load_runner(path: str) -> Runner:
-    """A runner for a `.keras` file, a SavedModel folder or a `.tflite` file.
+def load_runner(path: str, num_threads: Optional[int] = None) -> Runner:
+    """A runner for a `.keras` file, a SavedModel folder, a `.tflite` or an `.onnx` file.
     FileNotFoundError when missing; ModelFileError (a ValueError naming the file) when it is
-    not a readable model of that kind or not an image -> heatmaps model."""
+    not a readable model of that kind or not an image -> heatmaps/keypoints model."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--model_path {path}: no such file or folder")
     if os.path.isdir(path):
@@ -193,9 +266,11 @@ def load_runner(path: str) -> Runner:
     elif path.endswith(".keras"):
         kind, make = ".keras model", KerasRunner
     elif path.endswith(".tflite"):
-        kind, make = "TFLite model", TFLiteRunner
+        kind, make = "TFLite model", (lambda p: TFLiteRunner(p, num_threads))
+    elif path.endswith(".onnx"):
+        kind, make = "ONNX model", OnnxRunner
     else:
-        raise ModelFileError(f"{path}: unknown model format; expected .keras, .tflite or a "
+        raise ModelFileError(f"{path}: unknown model format; expected .keras, .tflite, .onnx or a "
                              f"SavedModel folder")
     try:
         return make(path)
@@ -205,3 +280,4 @@ def load_runner(path: str) -> Runner:
         detail = (str(e).strip().splitlines() or [""])[0][:200]
         raise ModelFileError(f"{path}: cannot be read as a {kind} ({type(e).__name__}: {detail}); "
                              f"pass a model written by run.py train or python -m export") from e
+

@@ -1,17 +1,19 @@
-"""One custom training loop on tf.distribute for every strategy (orbit-style).
+"""The training controller (orbit's `Controller` half): one `Trainer` for every strategy.
 
-The train step runs `steps_per_loop` steps per `tf.function` call (a `tf.range` loop over
-`strategy.run`), the loss is summed per example and divided by the global batch, gradients
-come from an optionally XLA-compiled function, and float16 runs use a loss-scale optimizer.
-One `Trainer` owns checkpoints (resume after SIGKILL), summaries, validation PCK, the best
-models by PCK and `final.keras`. `model.fit` is not used: it fails under
+`Trainer(cfg, strategy, spec)` builds the model, optimizer, datasets and state under the
+strategy and `train()` owns the cadence: `steps_per_loop` steps per call of the step function
+(`model.train_steps`), an evaluation and a checkpoint at every epoch end, checkpoints every
+`checkpoint_steps`, summaries, the best models by validation PCK, `val.txt`, `final.keras`,
+SIGTERM/SIGINT and preemption, and resuming the run held by the log dir (its identity and
+purge live in `model.run_dir`). The run's settings are one plain-data tree, `TrainConfig`
+(`TrainConfig.smoke` is the tiny variant tests use). The precision policy is set with the
+strategy (`model.distribute.make_strategy`). `model.fit` is not used: it fails under
 MultiWorkerMirroredStrategy with Keras 3 (see ../shared/reference/stack-facts.md).
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import math
 import os
 import re
@@ -26,32 +28,38 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from configs import KeypointSpec, atomic_write_text
-from model import as_stack_list, build_hourglass
+from configs import KeypointSpec
+from model import OUTPUT_STRIDE, HourglassConfig, as_stack_list, build_hourglass
+from model.card import card_for_model, fine_tune_notices, metadata_path, save_keras
 from model.distribute import is_chief, is_multi_worker, writable_dir
-from model.loss import heatmap_loss_per_example
-from model.metrics import (
-    TORSO_ALPHAS,
-    pck_counts,
-    pck_threshold_px,
-    ratio,
-    torso_diagonals,
-    torso_key,
-    torso_pck_counts,
-    torso_pck_metrics,
+from model.metrics import TORSO_ALPHAS, pck_threshold_px, torso_diagonals, torso_key
+from model.run_dir import (  # noqa: F401  (re-exported: callers import them from here)
+    IDENTITY_NAME,
+    RESUMABLE_SETTINGS,
+    LogDirError,
+    check_log_dir,
+    clear_run_outputs,
+    purge_after_step,
+    run_identity,
+    write_run_config,
+    write_run_identity,
 )
-from model.runner import metadata_path, model_metadata, write_metadata
+from model.train_steps import (  # noqa: F401  (make_optimizer re-exported)
+    EvalSums,
+    current_learning_rate,
+    make_eval_step,
+    make_optimizer,
+    make_train_loop,
+)
 from pipeline.codec import HeatmapCodec
-from pipeline.convert import read_dataset_info
 from pipeline.parser import Parser, ParserConfig
+from pipeline.records import read_dataset_info
+
+PREEMPTED_EXIT_CODE = 143      # 128 + SIGTERM: stopped with a checkpoint, no final model
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-class LogDirError(ValueError):
-    """The log dir holds another run (or outputs of unknown origin); run.py exits 2."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -65,18 +73,21 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs, as plain data (validated in `validate`)."""
+    """Everything a training run needs, as one plain-data tree (validated in `validate`):
+    the model (`build_hourglass`'s arguments), the parser (crop, targets, augmentation), and
+    the optimizer, schedule and loop settings. `model.input_size` and `parser.input_size`
+    are the same size (checked); `model.num_keypoints` is the keypoint definition's count
+    (checked by the Trainer). `mixed_precision` also needs the float16 policy, which
+    `model.distribute.make_strategy(mixed_precision=True)` sets."""
 
     tfrecords: str
     log_dir: str = "logs/000"
-    num_stacks: int = 2
-    num_channels: int = 256
-    mobile: bool = False
-    input_size: tuple[int, int] = (256, 256)
+    model: HourglassConfig = HourglassConfig()
+    parser: ParserConfig = ParserConfig()
     batch_size: int = 16
     optimizer: str = "rmsprop"
     learning_rate: float = 5e-4
-    decay_type: Optional[str] = None          # None | cosine | exponential | piecewise
+    decay_type: Optional[str] = None          # None | cosine | exponential | piecewise | polynomial
     warmup_epochs: float = 0.0
     init_epoch: int = 0
     total_epoch: int = 100
@@ -92,10 +103,29 @@ class TrainConfig:
     num_summary_images: int = 4
     profile_steps: Optional[tuple[int, int]] = None
     verbose: bool = True
-    parser: ParserConfig = ParserConfig()
     overwrite_log_dir: bool = False           # delete a previous run's outputs in log_dir first
 
+    @classmethod
+    def smoke(cls, tfrecords: str, log_dir: str, num_keypoints: int) -> "TrainConfig":
+        """A tiny, fast run (big_vision's `runlocal`): one mobile stack of 128 channels at
+        64x64, batch 8, Adam 1e-3, one epoch of 2 steps, one step per loop call, no summary
+        images. Change any setting with `dataclasses.replace`, e.g.
+        `dataclasses.replace(TrainConfig.smoke(records, logs, spec.num_keypoints), total_epoch=2)`."""
+        size = (64, 64)
+        return cls(tfrecords=tfrecords, log_dir=log_dir,
+                   model=HourglassConfig(num_keypoints=num_keypoints, num_stacks=1,
+                                         num_channels=128, mobile=True, input_size=size),
+                   parser=ParserConfig(input_size=size), batch_size=8, optimizer="adam",
+                   learning_rate=1e-3, total_epoch=1, steps_per_epoch=2, steps_per_loop=1,
+                   num_summary_images=0)
+
     def validate(self) -> None:
+        if tuple(self.parser.input_size) != tuple(self.model.input_size):
+            raise ValueError(f"parser.input_size {tuple(self.parser.input_size)} must be the "
+                             f"model's input size {tuple(self.model.input_size)}")
+        if self.parser.stride != OUTPUT_STRIDE:
+            raise ValueError(f"parser.stride {self.parser.stride} must be the model's output "
+                             f"stride {OUTPUT_STRIDE}")
         if self.optimizer not in ("adam", "rmsprop", "sgd"):
             raise ValueError(f"--optimizer must be adam, rmsprop or sgd, not {self.optimizer!r}")
         if self.decay_type not in (None, "cosine", "exponential", "piecewise", "polynomial"):
@@ -118,67 +148,6 @@ def split_pattern(tfrecords: str, split: str) -> list[str]:
     the file and the repair) when the folder does not match its dataset_info.json."""
     from pipeline.records import split_files
     return split_files(tfrecords, split)
-
-
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    total = max(1, (cfg.total_epoch - cfg.init_epoch) * steps_per_epoch)
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    lr = cfg.learning_rate
-    if cfg.decay_type == "cosine":
-        schedule = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else lr, max(1, total - warmup), alpha=0.01,
-            warmup_target=lr if warmup else None, warmup_steps=warmup)
-    elif cfg.decay_type == "exponential":
-        schedule = _Warmup(keras.optimizers.schedules.ExponentialDecay(
-            lr, decay_steps=max(1, total // 10), decay_rate=0.8), lr, warmup)
-    elif cfg.decay_type == "piecewise":   # the classic recipe: ×0.1 at 60% and 90%
-        schedule = _Warmup(keras.optimizers.schedules.PiecewiseConstantDecay(
-            [int(total * 0.6), int(total * 0.9)], [lr, lr * 0.1, lr * 0.01]), lr, warmup)
-    elif cfg.decay_type == "polynomial":
-        schedule = _Warmup(keras.optimizers.schedules.PolynomialDecay(
-            lr, total, end_learning_rate=lr / 100, power=1.0), lr, warmup)
-    else:
-        schedule = _Warmup(None, lr, warmup) if warmup else lr
-    if cfg.optimizer == "adam":
-        opt = keras.optimizers.Adam(schedule)
-    elif cfg.optimizer == "rmsprop":
-        opt = keras.optimizers.RMSprop(schedule)
-    else:
-        opt = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
-    if cfg.mixed_precision:
-        opt = keras.optimizers.LossScaleOptimizer(opt)
-    return opt
-
-
-@keras.saving.register_keras_serializable(package="hourglass")
-class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `peak` over `warmup_steps`, then `after` (or a constant)."""
-
-    def __init__(self, after, peak, warmup_steps):
-        self.after, self.peak, self.warmup_steps = after, float(peak), int(warmup_steps)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        later = self.after(step - self.warmup_steps) if self.after is not None else self.peak
-        if self.warmup_steps <= 0:
-            return later
-        warm = self.peak * (step + 1.0) / float(self.warmup_steps)
-        return tf.where(step < self.warmup_steps, warm, later)
-
-    def get_config(self):
-        return {"after": keras.saving.serialize_keras_object(self.after), "peak": self.peak,
-                "warmup_steps": self.warmup_steps}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["after"] = keras.saving.deserialize_keras_object(config["after"])
-        return cls(**config)
-
-
-def current_learning_rate(optimizer) -> float:
-    lr = optimizer.learning_rate
-    return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
 
 def load_matching_weights(model: keras.Model, path: str) -> list[str]:
@@ -209,6 +178,14 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, strategy: tf.distribute.Strategy, spec: KeypointSpec):
         cfg.validate()
+        if cfg.model.num_keypoints != spec.num_keypoints:
+            raise ValueError(f"TrainConfig.model.num_keypoints is {cfg.model.num_keypoints}, the "
+                             f"keypoint definition names {spec.num_keypoints}")
+        policy = keras.mixed_precision.global_policy().name
+        if cfg.mixed_precision != (policy == "mixed_float16"):
+            raise ValueError(f"TrainConfig.mixed_precision is {cfg.mixed_precision} but the Keras "
+                             f"policy is {policy!r}; make the strategy with model.distribute."
+                             f"make_strategy(mixed_precision={cfg.mixed_precision})")
         self.cfg, self.strategy, self.spec = cfg, strategy, spec
         self.chief = is_chief(strategy)
         info = read_dataset_info(cfg.tfrecords)
@@ -235,19 +212,16 @@ class Trainer:
         self.parser = Parser(cfg.parser, spec)
         self.codec = HeatmapCodec(cfg.parser.input_size, cfg.parser.stride, cfg.parser.sigma)
         self.pck_threshold = pck_threshold_px(cfg.parser.input_size, cfg.parser.stride)
-        self.metadata = model_metadata(spec, cfg.input_size, cfg.parser.stride, cfg.parser.crop_mode,
-                                       cfg.parser.padding, sigma=cfg.parser.sigma)
 
-        if cfg.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_float16")
         with strategy.scope():
-            self.model = build_hourglass(
-                num_keypoints=spec.num_keypoints, num_stacks=cfg.num_stacks,
-                num_channels=cfg.num_channels, mobile=cfg.mobile, input_size=cfg.input_size)
+            self.model = build_hourglass(**dataclasses.asdict(cfg.model))
             self.optimizer = make_optimizer(cfg, self.steps_per_epoch)
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             self.best_pck = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_pck")
+        # the model card: written inside (and beside) every model this run saves
+        self.card = card_for_model(self.model, spec, crop_mode=cfg.parser.crop_mode,
+                                   padding=cfg.parser.padding, sigma=cfg.parser.sigma)
         self.skipped_layers = []
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, step=self.step, best_pck=self.best_pck)
@@ -264,6 +238,9 @@ class Trainer:
             self.resumed_from = latest
         elif cfg.weights_path:
             self.skipped_layers = load_matching_weights(self.model, cfg.weights_path)
+            if self.chief and cfg.verbose:
+                for note in fine_tune_notices(cfg.weights_path, self.card):
+                    print(f"note: {note}", flush=True)
         self.purged: dict = {}
         if self.chief:   # outputs written after the restored step are redone: drop them first
             self.purged = purge_after_step(cfg.log_dir, int(self.step.numpy()),
@@ -278,7 +255,13 @@ class Trainer:
             self.val_writer = tf.summary.create_file_writer(os.path.join(out, "validation"))
         else:
             self.train_writer = self.val_writer = tf.summary.create_noop_writer()
-        self._build_functions()
+        self._train_loop = make_train_loop(
+            self.model, self.optimizer, strategy, self.step, global_batch_size=cfg.batch_size,
+            foreground_weight=cfg.foreground_weight, mixed_precision=cfg.mixed_precision,
+            jit_compile=cfg.jit_compile)
+        self._eval_step = make_eval_step(
+            self.model, strategy, self.codec, self.pck_threshold, torso_diagonals(spec.names),
+            foreground_weight=cfg.foreground_weight)
 
     # ---------------------------------------------------------------- data
     def _dataset_fn(self, pattern: str, training: bool):
@@ -293,85 +276,6 @@ class Trainer:
         reader = self._dataset_fn(pattern, training)
         return self.strategy.distribute_datasets_from_function(reader)
 
-    # ---------------------------------------------------------------- steps
-    def _build_functions(self):
-        model, optimizer, strategy = self.model, self.optimizer, self.strategy
-        global_batch = float(self.cfg.batch_size)
-        mixed = self.cfg.mixed_precision
-
-        def compute(images, labels):
-            with tf.GradientTape() as tape:
-                predictions = model(images, training=True)
-                per_example, per_stack = heatmap_loss_per_example(
-                    labels["heatmaps"], labels["weights"], predictions, self.cfg.foreground_weight)
-                loss = tf.reduce_sum(per_example) / global_batch
-                scaled = optimizer.scale_loss(loss) if mixed else loss
-            grads = tape.gradient(scaled, model.trainable_variables)
-            stack_losses = tf.stack([tf.reduce_sum(s) / global_batch for s in per_stack])
-            return loss, stack_losses, grads
-
-        compute = tf.function(compute, jit_compile=self.cfg.jit_compile)
-
-        def replica_step(batch):
-            images, labels = batch
-            loss, stack_losses, grads = compute(images, labels)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return loss, stack_losses
-
-        num_stacks = self.cfg.num_stacks
-
-        moving = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
-
-        def replica_sync_moving_statistics():
-            # Keras 3 updates BatchNorm moving statistics per replica, so replicas drift
-            # apart; their mean is exactly the moving average of the global-batch statistics.
-            flat = tf.concat([tf.reshape(tf.cast(v.value, tf.float32), [-1]) for v in moving], 0)
-            flat = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, flat)
-            for v, part in zip(moving, tf.split(flat, [int(np.prod(v.shape)) for v in moving])):
-                v.assign(tf.cast(tf.reshape(part, v.shape), v.dtype))
-
-        sync = strategy.num_replicas_in_sync > 1 and bool(moving)
-
-        @tf.function
-        def train_loop(iterator, num_steps):
-            total = tf.constant(0.0)
-            stacks = tf.zeros([num_stacks])
-            for _ in tf.range(num_steps):
-                loss, stack_losses = strategy.run(replica_step, args=(next(iterator),))
-                total += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-                stacks += strategy.reduce(tf.distribute.ReduceOp.SUM, stack_losses, axis=None)
-                self.step.assign_add(1)
-            if sync:
-                strategy.run(replica_sync_moving_statistics)
-            n = tf.cast(num_steps, tf.float32)
-            return total / n, stacks / n
-
-        codec, threshold = self.codec, self.pck_threshold
-        diagonals = torso_diagonals(self.spec.names)
-
-        def replica_eval(batch):
-            images, labels = batch
-            predictions = as_stack_list(model(images, training=False))
-            per_example, _ = heatmap_loss_per_example(    # the training loss, on val
-                labels["heatmaps"], labels["weights"], predictions, self.cfg.foreground_weight)
-            coords, _ = codec.decode(predictions[-1], refine="dark")
-            correct, total = pck_counts(coords, labels["keypoints"], labels["weights"], threshold)
-            count = tf.cast(tf.shape(images)[0], tf.float32)
-            # Torso PCK in crop pixels (the crop is a similarity: same ratios as original pixels),
-            # over labelled joints, as model.evaluation scores it.
-            import tensorflow.experimental.numpy as tnp
-            t_correct, t_total, t_scored, t_without = torso_pck_counts(
-                tf.cast(coords, tf.float32), tf.cast(labels["keypoints"], tf.float32),
-                labels["visibility"] > 0, diagonals, TORSO_ALPHAS, xp=tnp)
-            return (correct, total, tf.reduce_sum(per_example), count, t_correct, t_total,
-                    tf.stack([t_scored, t_without]))
-
-        @tf.function
-        def eval_step(batch):
-            return strategy.run(replica_eval, args=(batch,))
-
-        self._train_loop, self._eval_step = train_loop, eval_step
-
     # ---------------------------------------------------------------- evaluation
     def evaluate(self) -> Optional[dict]:
         """Validation loss and PCK (overall, per keypoint) over every val record, plus torso
@@ -379,26 +283,10 @@ class Trainer:
         ``model.metrics.torso_pck_metrics``; only 'pck_torso_unavailable' without a torso)."""
         if self.val_pattern is None:
             return None
-        k = self.spec.num_keypoints
-        correct, total = np.zeros(k), np.zeros(k)
-        t_correct, t_total, t_examples = np.zeros((len(TORSO_ALPHAS), k)), np.zeros(k), np.zeros(2)
-        loss_sum = count = 0.0
+        sums = EvalSums(self.spec.num_keypoints)
         for batch in self._distributed(self.val_pattern, training=False):
-            out = self._eval_step(batch)
-            for c, t, ls, n, tc, tt, te in zip(
-                    *(self.strategy.experimental_local_results(o) for o in out)):
-                correct += c.numpy()
-                total += t.numpy()
-                loss_sum += float(ls.numpy())
-                count += float(n.numpy())
-                t_correct += tc.numpy()
-                t_total += tt.numpy()
-                t_examples += te.numpy()
-        pck, per = ratio(correct, total)
-        result = {"pck": pck, "per_keypoint": per, "loss": loss_sum / max(count, 1.0),
-                  "examples": int(count)}
-        result.update(torso_pck_metrics(self.spec.names, t_correct, t_total, *t_examples))
-        return result
+            sums.add(self.strategy, self._eval_step(batch))
+        return sums.result(self.spec.names)
 
     # ---------------------------------------------------------------- checkpoints
     def _preemption_handler(self):
@@ -423,7 +311,7 @@ class Trainer:
         self.best_pck.assign(pck)
         name = f"ep{epoch:03d}-loss{loss:.4f}-val_pck{pck:.4f}.keras"
         path = os.path.join(self.out_dir, name)
-        save_model_atomic(self.model, path, self.metadata)
+        save_keras(self.model, path, self.card)
         if self.chief:
             best = sorted(glob.glob(os.path.join(self.out_dir, "ep*-val_pck*.keras")),
                           key=_pck_of_file, reverse=True)
@@ -616,7 +504,7 @@ class Trainer:
             if self._stop_signal is not None and int(self.step.numpy()) < total_steps:
                 self._stop(saved=True)
         final = os.path.join(self.out_dir, "final.keras")
-        save_model_atomic(self.model, final, self.metadata)
+        save_keras(self.model, final, self.card)
         summary = {"final_model": final if self.chief else None, "steps": int(self.step.numpy()),
                    "weights_digest": weights_digest(self.model),
                    "epochs": cfg.total_epoch, "seconds": round(time.time() - started, 1),
@@ -640,17 +528,6 @@ class Trainer:
             tf.profiler.experimental.stop()
 
 
-def save_model_atomic(model: keras.Model, path: str, metadata: Optional[dict] = None) -> None:
-    """model.save to a temporary name, then rename: no half-written .keras file. The
-    metadata json (keypoints, input size, crop) is written beside it first."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if metadata is not None:
-        write_metadata(path, metadata)
-    tmp = f"{path[:-len('.keras')]}.tmp-{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
 def weights_digest(model: keras.Model) -> str:
     """sha256 over every weight's bytes: equal digests mean bit-identical models."""
     import hashlib
@@ -668,176 +545,3 @@ def _append_line(path: str, line: str) -> None:
 def _pck_of_file(path: str) -> float:
     m = re.search(r"val_pck([0-9.]+)\.keras$", path)
     return float(m.group(1).rstrip(".")) if m else -1.0
-
-
-def write_run_config(log_dir: str, cfg: TrainConfig, spec: KeypointSpec) -> None:
-    """The run's settings beside its outputs (plain json)."""
-    os.makedirs(log_dir, exist_ok=True)
-    data = dataclasses.asdict(cfg)
-    data["keypoints"] = spec.to_dict()
-    atomic_write_text(os.path.join(log_dir, "run_config.json"), json.dumps(data, indent=2, default=str))
-
-
-# ------------------------------------------------------------------ run identity and resume
-IDENTITY_NAME = "run_identity.json"
-PREEMPTED_EXIT_CODE = 143      # 128 + SIGTERM: stopped with a checkpoint, no final model
-# Settings that may differ when a run resumes: how long it runs (total_epoch), how it reports,
-# how often it checkpoints, where the records lie (their content is hashed instead),
-# compilation and --rotated_sampler. Everything else in TrainConfig is the run's identity.
-RESUMABLE_SETTINGS = ("tfrecords", "log_dir", "total_epoch", "steps_per_loop", "checkpoint_steps",
-                      "jit_compile", "keep_best", "num_summary_images", "profile_steps",
-                      "verbose", "overwrite_log_dir")
-
-
-def run_identity(cfg: TrainConfig, spec: KeypointSpec, info: dict, steps_per_epoch: int) -> dict:
-    """What makes two launches the same run: the records' dataset_info.json (sha256 of its
-    content), the keypoint definition, model, parser and optimizer settings, the resolved
-    steps per epoch. Not RESUMABLE_SETTINGS."""
-    import hashlib
-    data = dataclasses.asdict(cfg)
-    for name in RESUMABLE_SETTINGS:
-        data.pop(name, None)
-    data["parser"].pop("rotated_sampler", None)   # how rotated crops are warped, not what
-    data["steps_per_epoch"] = int(steps_per_epoch)
-    data["keypoints"] = spec.to_dict()
-    data["records_sha256"] = hashlib.sha256(
-        json.dumps(_records_content(info), sort_keys=True, default=str).encode("utf-8")).hexdigest()
-    return {"version": 1, **json.loads(json.dumps(data, sort_keys=True, default=str))}
-
-
-def _records_content(info: dict) -> dict:
-    """What identifies the records' content: per split its shard names and sha256 when the
-    converter recorded them (so a moved or re-converted identical set is the same), else the
-    whole dataset_info.json."""
-    splits = info.get("splits") or {}
-    if splits and all(isinstance(v, dict) and v.get("shard_sha256") for v in splits.values()):
-        return {"keypoint_names": info["keypoint_names"], "counts": info["counts"],
-                "splits": {k: {"shards": v.get("shards"), "shard_sha256": v["shard_sha256"]}
-                           for k, v in splits.items()}}
-    return info
-
-
-def _identity_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _identity_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            if key == "records_sha256":
-                out.append(f"records (dataset_info.json content, sha256 {str(a)[:12]} -> {str(b)[:12]})")
-            elif key == "keypoints":
-                out.append("keypoint definition")
-            else:
-                out.append(f"{prefix}{key} {json.dumps(a)} -> {json.dumps(b)}")
-    return out
-
-
-def _has_run_outputs(log_dir: str) -> list[str]:
-    """The outputs of a training run found in log_dir (names relative to it)."""
-    found = [name for name in ("checkpoints/checkpoint", "val.txt", "final.keras", "train",
-                               "validation") if os.path.exists(os.path.join(log_dir, name))]
-    found += sorted(os.path.basename(p) for p in glob.glob(os.path.join(log_dir, "ep*-val_pck*.keras")))
-    return found
-
-
-def check_log_dir(log_dir: str, identity: dict, overwrite: bool = False) -> None:
-    """Pass when log_dir holds no run outputs (an identity alone, from a launch that failed
-    before training, does not count) or holds this same run (resume); LogDirError naming the
-    differences and the fix otherwise. overwrite: always pass."""
-    outputs = _has_run_outputs(log_dir)
-    if overwrite or not outputs:
-        return
-    path = os.path.join(log_dir, IDENTITY_NAME)
-    fix = (f"use a new --log_dir, or add --overwrite_log_dir to delete that run's outputs in "
-           f"{log_dir} and start over")
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                old = json.load(f)
-        except (OSError, ValueError) as e:
-            raise LogDirError(f"{path} is unreadable ({e}); {fix}") from e
-        if old != identity:
-            diff = _identity_differences(old, identity)
-            raise LogDirError(
-                f"--log_dir {log_dir} holds another run: it differs in {'; '.join(diff)}. Resuming "
-                f"it would continue that run's checkpoints with other data or settings; {fix} "
-                f"(a resumed run may change only --total_epoch, --steps_per_loop, "
-                f"--checkpoint_steps, --jit_compile, --rotated_sampler, --profile_steps, --quiet "
-                f"and where the same records lie)")
-        return
-    raise LogDirError(f"--log_dir {log_dir} holds outputs of a run with no {IDENTITY_NAME} "
-                      f"({', '.join(outputs[:4])}), so it cannot be checked to be this run; {fix}")
-
-
-def write_run_identity(log_dir: str, identity: dict) -> None:
-    os.makedirs(log_dir, exist_ok=True)
-    atomic_write_text(os.path.join(log_dir, IDENTITY_NAME), json.dumps(identity, indent=2) + "\n")
-
-
-def clear_run_outputs(log_dir: str) -> list[str]:
-    """--overwrite_log_dir: delete what a training run writes into log_dir (checkpoints,
-    summaries, val.txt, best and final models with their json, run_config/identity);
-    other files are left alone. Returns the names removed."""
-    removed = []
-    for name in ("checkpoints", "train", "validation", "profile"):
-        if os.path.isdir(os.path.join(log_dir, name)):
-            shutil.rmtree(os.path.join(log_dir, name))
-            removed.append(name)
-    models = glob.glob(os.path.join(log_dir, "ep*-val_pck*.keras")) + [os.path.join(log_dir, "final.keras")]
-    files = ["val.txt", "run_config.json", IDENTITY_NAME] + [os.path.basename(p) for p in models] \
-        + [os.path.basename(metadata_path(p)) for p in models]
-    for name in files:
-        if os.path.isfile(os.path.join(log_dir, name)):
-            os.remove(os.path.join(log_dir, name))
-            removed.append(name)
-    return removed
-
-
-def purge_after_step(log_dir: str, step: int, epochs_done: int) -> dict:
-    """Before a run continues from `step` (the restored checkpoint; 0 when none): drop what a
-    killed run wrote after it, which would otherwise appear twice: val.txt lines of epochs
-    > epochs_done, best models of those epochs, TensorBoard events with a step > `step`
-    (event files rewritten atomically). Returns counts of what was dropped."""
-    dropped = {"val_lines": 0, "best_models": 0, "events": 0}
-    val = os.path.join(log_dir, "val.txt")
-    if os.path.isfile(val):
-        with open(val, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        keep = [ln for ln in lines
-                if not ((m := re.match(r"Epoch (\d+):", ln)) and int(m.group(1)) > epochs_done)]
-        if len(keep) != len(lines):
-            atomic_write_text(val, "".join(ln + "\n" for ln in keep))
-            dropped["val_lines"] = len(lines) - len(keep)
-    for path in glob.glob(os.path.join(log_dir, "ep*-val_pck*.keras")):
-        m = re.match(r"ep(\d+)-", os.path.basename(path))
-        if m and int(m.group(1)) > epochs_done:
-            for stale in (path, metadata_path(path)):
-                if os.path.exists(stale):
-                    os.remove(stale)
-            dropped["best_models"] += 1
-    for sub in ("train", "validation"):
-        for path in sorted(glob.glob(os.path.join(log_dir, sub, "*tfevents*"))):
-            dropped["events"] += _truncate_event_file(path, step)
-    return dropped
-
-
-def _truncate_event_file(path: str, step: int) -> int:
-    """Rewrite an event file without its events of step > `step` (and without a torn last
-    record); the file is replaced atomically, untouched when nothing is dropped."""
-    tmp = os.path.join(os.path.dirname(path), f".rewrite-{os.getpid()}")   # no 'tfevents': unseen
-    dropped, damaged = 0, False
-    with tf.io.TFRecordWriter(tmp) as writer:
-        try:
-            for event in tf.compat.v1.train.summary_iterator(path):
-                if event.step > step:
-                    dropped += 1
-                else:
-                    writer.write(event.SerializeToString())
-        except tf.errors.DataLossError:
-            damaged = True
-    if dropped or damaged:
-        os.replace(tmp, path)
-    else:
-        os.remove(tmp)
-    return dropped

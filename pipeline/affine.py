@@ -18,8 +18,10 @@ conjugate the inverse matrix with a half-pixel shift. One image is warped from t
 reads only (``source_window``; ``crop_window`` reads just that window, e.g. decodes just that
 part of a JPEG): without rotation by ``tf.image.crop_and_resize``, with rotation by bilinear
 gathers compiled with XLA (or ``ImageProjectiveTransformV3``), all at the same sample points.
-All TF functions accept a leading batch dimension on the matrix ([..., 3, 3]); the ``*_np``
-twins are for post-processing outside TF.
+All TF functions accept a leading batch dimension on the matrix ([..., 3, 3]). Matrices are
+built only in TF (``crop_matrix``); the three float64 NumPy twins (``transform_points_np``,
+``invert_np``, ``to_original_np``) map predictions back on the host, where COCO scoring needs
+float64 (float32 costs up to 1e-4 px on a 640 px image).
 """
 from __future__ import annotations
 
@@ -52,15 +54,6 @@ def frame_center_scale(image_size, padding: float, input_size: Sequence[int]):
     center = tf.stack([w / 2.0, h / 2.0])
     scale = tf.minimum(win_w, win_h) / (coords.PIXELS_PER_SCALE * padding)
     return center, scale
-
-
-def frame_center_scale_np(image_size, padding: float, input_size: Sequence[int]):
-    """NumPy twin of ``frame_center_scale``."""
-    h, w = float(image_size[0]), float(image_size[1])
-    aspect = input_size[1] / input_size[0]
-    win_h = max(w / aspect, h)
-    win_w = win_h * aspect
-    return np.array([w / 2.0, h / 2.0]), min(win_w, win_h) / (coords.PIXELS_PER_SCALE * padding)
 
 
 def _check_mode(crop_mode: str, image_size) -> None:
@@ -96,29 +89,6 @@ def crop_matrix(center, scale, padding: float, input_size: Sequence[int], rotati
     t = tf.where(mirror, tf.constant([in_w, in_h], f64) - t, t)
     top = tf.concat([lin * sign[:, tf.newaxis], t[:, tf.newaxis]], 1)
     return tf.cast(tf.concat([top, tf.constant([[0.0, 0.0, 1.0]], f64)], 0), tf.float32)
-
-
-def crop_matrix_np(center, scale: float, padding: float, input_size: Sequence[int],
-                   rotation_deg: float = 0.0, flip: bool = False, shift=(0.0, 0.0),
-                   vertical_flip: bool = False, crop_mode: str = "box",
-                   image_size=None) -> np.ndarray:
-    """NumPy (float64) twin of ``crop_matrix``."""
-    _check_mode(crop_mode, image_size)
-    if crop_mode == "frame":
-        center, scale = frame_center_scale_np(image_size, padding, input_size)
-    in_h, in_w = float(input_size[0]), float(input_size[1])
-    zoom = min(in_h, in_w) / (coords.PIXELS_PER_SCALE * padding * float(scale))
-    theta = math.radians(float(rotation_deg))
-    cos, sin = math.cos(theta) * zoom, math.sin(theta) * zoom
-    lin = np.array([[cos, sin], [-sin, cos]])
-    t = np.array([in_w / 2.0 + shift[0], in_h / 2.0 + shift[1]]) - lin @ np.asarray(center, np.float64)
-    if flip:
-        lin[0], t[0] = -lin[0], in_w - t[0]
-    if vertical_flip:
-        lin[1], t[1] = -lin[1], in_h - t[1]
-    m = np.eye(3)
-    m[:2, :2], m[:2, 2] = lin, t
-    return m
 
 
 def transform_points(matrix, points) -> tf.Tensor:
@@ -377,8 +347,8 @@ def to_uint8(image) -> tf.Tensor:
 
 
 __all__ = [
-    "CROP_MODES", "ROTATED_SAMPLERS", "frame_center_scale", "frame_center_scale_np", "crop_matrix",
-    "crop_matrix_np", "transform_points", "transform_points_np", "invert", "invert_np",
+    "CROP_MODES", "ROTATED_SAMPLERS", "frame_center_scale", "crop_matrix",
+    "transform_points", "transform_points_np", "invert", "invert_np",
     "to_original", "to_original_np", "sampling_transform", "source_window", "crop_float",
     "crop_window", "gather_window", "project_window", "resize_window", "warp_image", "to_uint8",
 ]

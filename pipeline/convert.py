@@ -57,11 +57,12 @@ import os
 import re
 import signal
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from configs import KeypointSpec, builtin_paths, load_keypoint_spec
+from pipeline import schema
 from pipeline.records import (
     INFO_NAME,
     JOURNAL_NAME,
@@ -82,8 +83,8 @@ SPEC_PREFIX = "keypoints"              # keypoints_classes.txt etc. beside the r
 RECORDS_PER_SHARD = 1000               # automatic shard count: ceil(records / this)
 IMAGES_IN_FLIGHT_PER_WORKER = 16       # read-ahead of the worker pool
 KILL_ENV = "HG_CONVERT_KILL_AT"        # test hook: SIGKILL this process at a commit stage
-__all__ = ["convert_dataset", "read_dataset_info", "verify_dataset", "ConversionError", "ConvertOptions",
-           "VerifyError", "RecordsError", "INFO_NAME", "FORMATS", "shard_name"]
+__all__ = ["convert_dataset", "encode_records", "verify_dataset", "ConversionError", "ConvertOptions",
+           "VerifyError", "FORMATS"]
 COMMIT_STAGES = ("shards_written", "journal_written", "first_rename", "renamed", "old_removed",
                  "info_written")
 
@@ -604,6 +605,21 @@ def _image_tasks(records: list[PersonRecord], split: str) -> list[ImageTask]:
     return list(tasks.values())
 
 
+def encode_records(records: Sequence[PersonRecord], names: Sequence[str],
+                   split: str = "train") -> tuple[list[bytes], list[Skip]]:
+    """The serialized Examples the converter would write for ``records`` (each image read and
+    checked once, in this process, nothing written to disk), grouped by image in order of
+    first appearance, and the records skipped for their image or values (``Skip``s of
+    ``split``, with the reasons dataset_info.json lists)."""
+    examples: list[bytes] = []
+    skipped: list[Skip] = []
+    for task in _image_tasks(list(records), split):
+        result = process_image(task, tuple(names))
+        examples += result.examples
+        skipped += result.skipped
+    return examples, skipped
+
+
 def _write_splits(source: SourceData, splits: list[str], output: str,
                   options: ConvertOptions) -> dict[str, SplitResult]:
     """Write every split's shards under temporary names (removed again on any error)."""
@@ -757,20 +773,18 @@ def _merge_info(existing: Optional[dict], spec: KeypointSpec, files: dict, fmt: 
 
 def verify_dataset(output: str) -> list[str]:
     """Read every shard back; a list of problems (empty when the records match
-    dataset_info.json: shard files, record counts, and every record parses)."""
+    dataset_info.json: shard files, record counts, and every record parses as
+    ``pipeline.decoder`` reads it, with one value per keypoint and this schema version)."""
     import tensorflow as tf
 
-    from pipeline.records import check_not_committing, verify_split
-    path = os.path.join(output, INFO_NAME)
+    from pipeline.decoder import KEYS
+    from pipeline.records import verify_split
     try:
-        check_not_committing(output)
+        info = read_dataset_info(output)
     except RecordsError as e:
         return [str(e)]
-    if not os.path.isfile(path):
-        return [f"{path} not found"]
-    with open(path, encoding="utf-8") as f:
-        info = json.load(f)
-    features = _verify_features(len(info["keypoint_names"]))
+    features = schema.parsing_spec(KEYS + (schema.FORMAT, schema.VERSION),
+                                   num_keypoints=len(info["keypoint_names"]))
     problems = []
     on_disk: dict[str, set] = {}
     for p in glob.glob(os.path.join(output, "*-of-*.tfrecord")):
@@ -801,22 +815,6 @@ def verify_dataset(output: str) -> list[str]:
     return problems
 
 
-def _verify_features(k: int) -> dict:
-    import tensorflow as tf
-
-    from pipeline import schema as s
-    fixed = tf.io.FixedLenFeature
-    return {
-        s.ENCODED: fixed([], tf.string), s.FORMAT: fixed([], tf.string),
-        s.HEIGHT: fixed([], tf.int64), s.WIDTH: fixed([], tf.int64), s.SOURCE_ID: fixed([], tf.string),
-        s.HG_X: fixed([k], tf.float32), s.HG_Y: fixed([k], tf.float32),
-        s.KP_VISIBILITY: fixed([k], tf.int64), s.HG_CENTER: fixed([2], tf.float32),
-        s.HG_SCALE: fixed([], tf.float32), s.HG_BBOX: fixed([4], tf.float32),
-        s.HG_HEAD_SIZE: fixed([], tf.float32), s.HG_ANNOTATION_ID: fixed([], tf.int64),
-        s.VERSION: fixed([], tf.int64),
-    }
-
-
 def _read_shard(tf, path: str, features: dict) -> tuple[int, Optional[str]]:
     """(records read, first problem or None) of one shard."""
     count = 0
@@ -826,7 +824,7 @@ def _read_shard(tf, path: str, features: dict) -> tuple[int, Optional[str]]:
                 parsed = tf.io.parse_example(batch, features)
             except tf.errors.InvalidArgumentError as e:
                 return count, f"a record near #{count} does not parse: {e.message.splitlines()[0]}"
-            version = parsed["image/hg/schema_version"].numpy()
+            version = parsed[schema.VERSION].numpy()
             if np.any(version != SCHEMA_VERSION):
                 return count, f"schema version {sorted(set(version.tolist()))}, expected {SCHEMA_VERSION}"
             count += int(batch.shape[0])

@@ -28,10 +28,6 @@ def from_one_based(xy):
     return np.asarray(xy, dtype=np.float64) - 0.5
 
 
-def to_one_based(xy):
-    return np.asarray(xy, dtype=np.float64) + 0.5
-
-
 def from_pixel_index(xy):
     """0-based pixel indices with centres at integers (DeepLabCut, OpenCV drawing) -> ours."""
     return np.asarray(xy, dtype=np.float64) + 0.5

@@ -33,22 +33,11 @@ import tensorflow as tf
 
 from pipeline import schema
 
-FEATURES = {
-    schema.ENCODED: tf.io.FixedLenFeature([], tf.string),
-    schema.HEIGHT: tf.io.FixedLenFeature([], tf.int64),
-    schema.WIDTH: tf.io.FixedLenFeature([], tf.int64),
-    schema.SOURCE_ID: tf.io.FixedLenFeature([], tf.string),
-    schema.FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    schema.HG_X: tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True),
-    schema.HG_Y: tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True),
-    schema.KP_VISIBILITY: tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
-    schema.HG_CENTER: tf.io.FixedLenFeature([2], tf.float32),
-    schema.HG_SCALE: tf.io.FixedLenFeature([], tf.float32),
-    schema.HG_BBOX: tf.io.FixedLenFeature([4], tf.float32),
-    schema.HG_HEAD_SIZE: tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
-    schema.HG_ANNOTATION_ID: tf.io.FixedLenFeature([], tf.int64),
-    schema.AREA: tf.io.FixedLenFeature([], tf.float32),
-}
+# The fields the decoder reads (parsed as ``schema.FIELDS`` declares them).
+KEYS = (schema.ENCODED, schema.HEIGHT, schema.WIDTH, schema.SOURCE_ID, schema.FILENAME,
+        schema.HG_X, schema.HG_Y, schema.KP_VISIBILITY, schema.HG_CENTER, schema.HG_SCALE,
+        schema.HG_BBOX, schema.HG_HEAD_SIZE, schema.HG_ANNOTATION_ID, schema.AREA)
+FEATURES = schema.parsing_spec(KEYS)
 
 
 def decode(serialized, image: bool = True) -> dict:

@@ -69,6 +69,56 @@ HG_ANNOTATION_ID = "image/object/keypoint_hg/annotation_id"
 REENCODED = "image/hg/reencoded"
 VERSION = "image/hg/schema_version"
 
+# How every field above is parsed, declared once: key -> (dtype, length, value when absent).
+# Length 1 is a scalar, "K" one value per keypoint; a default of None makes the field required.
+FIELDS = {
+    ENCODED: ("string", 1, None),
+    FORMAT: ("string", 1, None),
+    HEIGHT: ("int64", 1, None),
+    WIDTH: ("int64", 1, None),
+    SOURCE_ID: ("string", 1, None),
+    FILENAME: ("string", 1, ""),
+    BBOX_XMIN: ("float32", 1, None),
+    BBOX_YMIN: ("float32", 1, None),
+    BBOX_XMAX: ("float32", 1, None),
+    BBOX_YMAX: ("float32", 1, None),
+    CLASS_LABEL: ("int64", 1, None),
+    CLASS_TEXT: ("string", 1, None),
+    IS_CROWD: ("int64", 1, None),
+    AREA: ("float32", 1, None),
+    KP_X: ("float32", "K", None),
+    KP_Y: ("float32", "K", None),
+    KP_VISIBILITY: ("int64", "K", None),
+    KP_NUM: ("int64", 1, None),
+    KP_TEXT: ("string", "K", None),
+    HG_X: ("float32", "K", None),
+    HG_Y: ("float32", "K", None),
+    HG_CENTER: ("float32", 2, None),
+    HG_SCALE: ("float32", 1, None),
+    HG_BBOX: ("float32", 4, None),
+    HG_HEAD_SIZE: ("float32", 1, -1.0),
+    HG_ANNOTATION_ID: ("int64", 1, None),
+    REENCODED: ("int64", 1, None),
+    VERSION: ("int64", 1, None),
+}
+
+
+def parsing_spec(keys: Sequence[str] = tuple(FIELDS), num_keypoints: Optional[int] = None) -> dict:
+    """``tf.io`` parsing spec of ``keys`` (default: every field) from ``FIELDS``. Per-keypoint
+    fields have exactly ``num_keypoints`` values, or any number when it is None (the decoder
+    checks their lengths against each other)."""
+    import tensorflow as tf
+
+    spec = {}
+    for key in keys:
+        dtype, length, default = FIELDS[key]
+        if length == "K" and num_keypoints is None:
+            spec[key] = tf.io.FixedLenSequenceFeature([], dtype, allow_missing=True)
+        else:
+            shape = [] if length == 1 else [num_keypoints if length == "K" else length]
+            spec[key] = tf.io.FixedLenFeature(shape, dtype, default_value=default)
+    return spec
+
 
 @dataclasses.dataclass
 class PersonRecord:

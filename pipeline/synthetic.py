@@ -39,8 +39,6 @@ SUBPIXEL = 1 << SHIFT
 
 COCO_SPEC = builtin_spec("coco")
 KEYPOINT_NAMES = COCO_SPEC.names
-NUM_KEYPOINTS = len(KEYPOINT_NAMES)
-_INDEX = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
 
 # Colours (RGB), one per limb TYPE, shared by left and right.
 TORSO = (50, 90, 210)

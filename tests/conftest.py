@@ -1,6 +1,8 @@
 """Shared fixtures: real data paths, Examples built in memory from real COCO / DeepLabCut
-images with ``pipeline.schema.encode_example`` (no dependency on the converter), TFRecord
-shards in a temp dir, and ``tfrun`` to run an op eagerly and again inside tf.data."""
+images by the package's own readers and encoder (``pipeline.sources.coco.read_coco``,
+``pipeline.convert.encode_records``, ``pipeline.schema.encode_example``), TFRecord shards in a
+temp dir, ``tfrun`` to run an op eagerly and again inside tf.data, and (``tests.trained_model``)
+the quickstart trained once per session."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+pytest_plugins = ["tests.trained_model"]   # the session's trained quickstart model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "..", "shared", "data")
@@ -28,20 +32,28 @@ def coco_paths():
 
 @pytest.fixture(scope="session")
 def coco_records(coco_paths):
-    """(PersonRecord list, keypoint names): non-crowd persons with >= 1 labelled keypoint."""
-    from benchmarks.oracle_ap import coco_person_records
+    """(PersonRecord list, keypoint names) of coco_val_mini as the converter's COCO reader
+    gives them (non-crowd persons with >= 1 labelled keypoint, by image id)."""
+    from configs import builtin_spec
+    from pipeline.sources import ReaderOptions
+    from pipeline.sources.coco import read_coco
 
-    records, names, _ = coco_person_records(*coco_paths)
-    return records, names
+    spec = builtin_spec("coco")
+    source = read_coco(*coco_paths, spec, ReaderOptions())
+    records = [r for split in sorted(source.records) for r in source.records[split]]
+    return records, list(spec.names)
 
 
 @pytest.fixture(scope="session")
 def coco_examples(coco_records):
-    """Serialized Examples (bytes) of ``coco_records``, same order."""
-    from benchmarks.oracle_ap import serialize_records
+    """Serialized Examples (bytes) of ``coco_records``, same order, encoded in memory as the
+    converter writes them (``pipeline.convert.encode_records``)."""
+    from pipeline.convert import encode_records
 
     records, names = coco_records
-    return serialize_records(records, names)
+    examples, skipped = encode_records(records, names)
+    assert not skipped, [s.message for s in skipped]
+    return examples
 
 
 @pytest.fixture(scope="session")

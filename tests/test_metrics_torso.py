@@ -298,14 +298,16 @@ def test_bad_sigmas_in_a_dict_name_the_source(bad, words):
     assert "dataset_info.json:oks_sigmas" in str(err.value) and words in str(err.value)
 
 
-def test_model_metadata_carries_the_sigmas(tmp_path):
-    from model.runner import model_metadata
+def test_model_card_carries_the_sigmas(tmp_path):
+    from model.card import ModelCard
     classes = _write(tmp_path, "classes.txt", NAMES5)
     spec = load_keypoint_spec(classes, sigmas_path=_write(tmp_path, "s.txt", GOOD5))
-    meta = json.loads(json.dumps(model_metadata(spec, (64, 64))))
+    meta = json.loads(ModelCard(keypoints=spec, input_size=(64, 64)).to_json())
     assert meta["oks_sigmas"]["left_ear"] == 0.035
     assert KeypointSpec.from_dict(meta, "metadata").oks_sigmas == spec.oks_sigmas
-    assert model_metadata(load_keypoint_spec(classes), (64, 64))["oks_sigmas"] is None
+    assert ModelCard.from_dict(meta, "metadata").keypoints.oks_sigmas == spec.oks_sigmas
+    bare = ModelCard(keypoints=load_keypoint_spec(classes), input_size=(64, 64))
+    assert bare.to_dict()["oks_sigmas"] is None
 
 
 def _args(**kw):
@@ -378,14 +380,13 @@ class OracleRunner:
     """A Runner whose heatmaps are the targets of the same eval parser, batch by batch: the
     whole evaluation chain (decode, inverse affine, ground truth) should then score ~1."""
 
-    kind = "oracle"
+    kind, card, decodes = "oracle", None, False
 
     def __init__(self, records, spec, input_size=(64, 64), stride=4):
         from model.trainer import split_pattern
         from pipeline.input_reader import InputReader
         from pipeline.parser import Parser, ParserConfig
         self.input_size, self.stride, self.num_keypoints = input_size, stride, spec.num_keypoints
-        self.metadata = {}
         parser = Parser(ParserConfig(input_size=input_size, stride=stride), spec)
         reader = InputReader(file_pattern=split_pattern(records, "val"), parser=parser,
                              is_training=False, global_batch_size=4)
@@ -499,7 +500,6 @@ def test_validation_reports_torso_pck_like_evaluation(tmp_path, capsys):
     from model.runner import KerasRunner
     from model.trainer import TrainConfig, Trainer
     from pipeline.convert import ConvertOptions, convert_dataset
-    from pipeline.parser import ParserConfig
     from pipeline.synthetic import generate_dataset
     generate_dataset(str(tmp_path / "raw"), num_train=8, num_val=24, image_size=(96, 96), seed=5)
     records = str(tmp_path / "records")
@@ -508,11 +508,9 @@ def test_validation_reports_torso_pck_like_evaluation(tmp_path, capsys):
                         str(tmp_path / "raw" / "images" / split), records,
                         options=ConvertOptions(split=split, num_workers=1, quiet=True))
     spec = builtin_spec("coco")
-    cfg = TrainConfig(tfrecords=records, log_dir=str(tmp_path / "logs"), num_stacks=1,
-                      num_channels=32, mobile=True, input_size=(64, 64), batch_size=8,
-                      optimizer="adam", learning_rate=1e-3, total_epoch=1, steps_per_epoch=1,
-                      steps_per_loop=1, num_summary_images=0,
-                      parser=ParserConfig(input_size=(64, 64)))
+    smoke = TrainConfig.smoke(records, str(tmp_path / "logs"), spec.num_keypoints)
+    cfg = dataclasses.replace(smoke, model=dataclasses.replace(smoke.model, num_channels=32),
+                              steps_per_epoch=1)
     trainer = Trainer(cfg, tf.distribute.get_strategy(), spec)
     trainer.train()
     printed = capsys.readouterr().out

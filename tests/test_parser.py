@@ -256,30 +256,41 @@ def test_train_map_function_is_pure_graph(coco_spec):
         assert not _op_types(c) & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}, name
 
 
-def test_windowed_decoding_gives_the_same_examples(tfrun, coco_examples, coco_spec):
+def _in_tf_data(fn, examples, seeds):
+    """fn(serialized, seed) mapped over the examples inside tf.data (graph mode), one trace for
+    all of them: the list of numpy results, in order."""
+    ds = tf.data.Dataset.from_tensor_slices((list(examples), np.asarray(seeds, np.int64))).map(fn)
+    return [tf.nest.map_structure(np.asarray, r) for r in ds]
+
+
+def test_windowed_decoding_gives_the_same_examples(coco_examples, coco_spec):
     """Parser.decode leaves the JPEG encoded and the crop decodes only its window: train
-    (rotated and not) and eval examples equal those parsed from the fully decoded image."""
+    (rotated and not) and eval examples equal those parsed from the fully decoded image
+    (inside tf.data, as training runs them)."""
     parser = Parser(ParserConfig(rotation_prob=0.5), coco_spec)
-    for i, example in enumerate(coco_examples[:6]):
-        seed = tf.constant([i, 5], tf.int64)
-        for parse in (lambda d: parser.parse_train(d, seed), parser.parse_eval):
-            _, whole = tfrun(lambda s: parse(decoder.decode(s)), tf.constant(example))
-            _, lazy = tfrun(lambda s: parse(parser.decode(s)), tf.constant(example))
-            np.testing.assert_array_equal(lazy[0], whole[0])
+    examples, seeds = coco_examples[:6], [[i, 5] for i in range(6)]
+    for parse in (parser.parse_train, lambda d, seed: parser.parse_eval(d)):
+        whole = _in_tf_data(lambda s, seed: parse(decoder.decode(s), seed), examples, seeds)
+        lazy = _in_tf_data(lambda s, seed: parse(parser.decode(s), seed), examples, seeds)
+        assert len(whole) == len(lazy) == 6
+        for w, z in zip(whole, lazy):
+            np.testing.assert_array_equal(z[0], w[0])
             for key in ("heatmaps", "keypoints", "weights"):
-                np.testing.assert_array_equal(lazy[1][key], whole[1][key])
+                np.testing.assert_array_equal(z[1][key], w[1][key])
 
 
-def test_rotated_samplers_give_the_same_training_examples(tfrun, coco_examples, coco_spec):
-    """rotated_sampler "xla" and "projective": the same crops to one grey level after rounding."""
+def test_rotated_samplers_give_the_same_training_examples(coco_examples, coco_spec):
+    """rotated_sampler "xla" and "projective": the same crops to one grey level after rounding
+    (inside tf.data, as training runs them)."""
     rotate = dataclasses.replace(ParserConfig(), rotation_prob=1.0)
     xla = Parser(rotate, coco_spec)
     projective = Parser(dataclasses.replace(rotate, rotated_sampler="projective"), coco_spec)
-    for i, example in enumerate(coco_examples[:4]):
-        seed = tf.constant([i, 9], tf.int64)
-        _, (a, a_labels) = tfrun(lambda s: xla.parse_train(xla.decode(s), seed), tf.constant(example))
-        _, (b, b_labels) = tfrun(lambda s: projective.parse_train(projective.decode(s), seed),
-                                 tf.constant(example))
+    examples, seeds = coco_examples[:4], [[i, 9] for i in range(4)]
+    by_xla = _in_tf_data(lambda s, seed: xla.parse_train(xla.decode(s), seed), examples, seeds)
+    by_projective = _in_tf_data(lambda s, seed: projective.parse_train(projective.decode(s), seed),
+                                examples, seeds)
+    assert len(by_xla) == len(by_projective) == 4
+    for (a, a_labels), (b, b_labels) in zip(by_xla, by_projective):
         step = np.abs(a.astype(int) - b.astype(int))
         assert step.max() <= 1 and (step > 0).mean() < 0.01
         np.testing.assert_array_equal(a_labels["heatmaps"], b_labels["heatmaps"])

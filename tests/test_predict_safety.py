@@ -1,7 +1,7 @@
 """run.py predict never destroys an input or loses an output; model files that are not what
 their name says end eval/predict/export with exit 2 naming the file. Real COCO and
-DeepLabCut images from ../shared/data; a tiny untrained model (what it predicts is not
-the point here)."""
+DeepLabCut images from ../shared/data; the session's quickstart model (tests/trained_model.py;
+what it predicts is not the point here)."""
 from __future__ import annotations
 
 import hashlib
@@ -28,16 +28,8 @@ def _run(argv, capsys):
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    from configs import builtin_spec
-    from model import build_hourglass
-    from model.runner import model_metadata, write_metadata
-    model = build_hourglass(num_keypoints=17, num_stacks=1, num_channels=32, mobile=True,
-                            input_size=(64, 64))
-    path = str(tmp_path_factory.mktemp("model") / "m.keras")
-    model.save(path)
-    write_metadata(path, model_metadata(builtin_spec("coco"), (64, 64)))
-    return path
+def model_path(quickstart_run):
+    return quickstart_run.final_model
 
 
 @pytest.fixture
@@ -137,8 +129,8 @@ def bad_models(tmp_path_factory):
     odd = keras.Model(inp, keras.layers.Conv2D(17, 3, strides=4, padding="same")(scaled))
     odd.save(str(root / "odd_size.keras"))
     from configs import builtin_spec
-    from model.runner import model_metadata, write_metadata
-    write_metadata(str(root / "odd_size.keras"), model_metadata(builtin_spec("coco"), (96, 100)))
+    from model.card import ModelCard, write_card_beside
+    write_card_beside(str(root / "odd_size.keras"), ModelCard(builtin_spec("coco"), (96, 100)))
     out["odd_size.keras"] = str(root / "odd_size.keras")
     tiny = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(2, 1)])   # any .tflite
     flat = tf.lite.TFLiteConverter.from_keras_model(tiny).convert()
@@ -156,9 +148,10 @@ def bad_models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def coco_val_records(tmp_path_factory, coco_paths):
-    from pipeline.convert import convert_dataset
+    from pipeline.convert import ConvertOptions, convert_dataset
     out = str(tmp_path_factory.mktemp("coco") / "records")
-    convert_dataset("coco", coco_paths[0], coco_paths[1], out, split="val", num_shards=1)
+    convert_dataset("coco", coco_paths[0], coco_paths[1], out, split="val", num_shards=1,
+                    options=ConvertOptions(num_workers=1, quiet=True))
     return out
 
 

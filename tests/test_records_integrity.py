@@ -79,7 +79,7 @@ def read_through_readers(folder: str):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", COMMIT_STAGES)
-def test_conversion_killed_at_each_commit_stage(tmp_path, old_and_new, stage):
+def test_conversion_killed_at_each_commit_stage(tmp_path, old_and_new, stage, capsys):
     old, old_bytes, new_bytes = old_and_new
     out = str(tmp_path / "records")
     shutil.copytree(old, out)
@@ -97,11 +97,13 @@ def test_conversion_killed_at_each_commit_stage(tmp_path, old_and_new, stage):
     if stage == "first_rename":
         # the user's case: 5 shard files on disk, the old list says 4; the CLI refuses it
         assert len(glob.glob(os.path.join(out, "train-*-of-*.tfrecord"))) == 5
-        run = subprocess.run([sys.executable, os.path.join(REPO, "run.py"), "eval", "--model_path",
-                              str(tmp_path / "none.keras"), "--tfrecords", out, "--split", "train"],
-                             env=ENV, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 2, run.stderr[-2000:]
-        lines = our_lines(run.stderr)
+        # in this process (a fresh interpreter's exit 2 is the truncated-shard test's)
+        import run
+        code = run.main(["eval", "--model_path", str(tmp_path / "none.keras"), "--tfrecords", out,
+                         "--split", "train"])
+        stderr = capsys.readouterr().err
+        assert code == 2, stderr[-2000:]
+        lines = our_lines(stderr)
         assert len(lines) == 1 and "error:" in lines[0] and records.JOURNAL_NAME in lines[0], lines
         # a conversion of ANOTHER split repairs the folder: the interrupted commit is completed
         convert_dataset("coco", COCO_JSON, COCO_IMAGES, out, split="val", num_shards=1, options=SERIAL)
@@ -150,6 +152,7 @@ def test_readers_check_names_and_sizes_from_dataset_info(tmp_path, old_and_new):
 
 
 def test_run_train_on_a_truncated_shard_exits_2_naming_it(tmp_path, old_and_new):
+    """`python run.py train` itself (a fresh interpreter: its exit status and all of stderr)."""
     out = str(tmp_path / "records")
     shutil.copytree(old_and_new[0], out)
     victim = os.path.join(out, "train-00001-of-00004.tfrecord")

@@ -1,12 +1,18 @@
 """A log dir resumes only the run it holds: other records or settings are refused (exit 2),
 a finished run is not trained or rewritten again, --overwrite_log_dir starts over, a resumed
 run drops what the killed one wrote after its checkpoint (val.txt lines, best models,
-TensorBoard events), and SIGTERM saves a checkpoint at the current step (exit 143)."""
+TensorBoard events), and SIGTERM saves a checkpoint at the current step (exit 143).
+
+run.py runs in this process (``run.main``) except for the launches that receive a signal and
+the two-worker runs."""
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +21,7 @@ import time
 
 import pytest
 
-from tests.test_run import REPO, TINY, _env
+from tests.test_run import REPO, TINY, _env, small_records
 
 RUN = [sys.executable, os.path.join(REPO, "run.py"), "train"]
 SCHEDULE = ["--total_epoch", "2", "--steps_per_epoch", "4", "--steps_per_loop", "1",
@@ -23,14 +29,7 @@ SCHEDULE = ["--total_epoch", "2", "--steps_per_epoch", "4", "--steps_per_loop", 
 
 
 def _records(root, seed):
-    from pipeline.convert import convert_dataset
-    from pipeline.synthetic import generate_dataset
-    generate_dataset(str(root / "raw"), num_train=32, num_val=8, image_size=(96, 96), seed=seed)
-    out = str(root / "records")
-    for split in ("train", "val"):
-        convert_dataset("coco", str(root / "raw" / "annotations" / f"person_keypoints_{split}.json"),
-                        str(root / "raw" / "images" / split), out, split=split, num_shards=1)
-    return out
+    return small_records(root, num_train=32, num_val=8, image_size=(96, 96), seed=seed, num_shards=1)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,11 @@ def finished(records, tmp_path_factory):
     """A finished 2-epoch run (8 steps, checkpoints every 2) on records[0]: (log_dir, argv)."""
     log_dir = str(tmp_path_factory.mktemp("finished") / "logs")
     argv = ["--tfrecords", records[0], "--log_dir", log_dir] + SCHEDULE + TINY
-    proc = subprocess.run(RUN + argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    import run
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run.main(["train"] + argv)
+    assert code == 0, out.getvalue()[-2000:] + err.getvalue()[-3000:]
     return log_dir, argv
 
 
@@ -93,15 +95,15 @@ def _val_epochs(log_dir):
 
 # ---------------------------------------------------------------------------- slow: real runs
 @pytest.mark.slow
-def test_finished_run_is_not_trained_again(finished):
+def test_finished_run_is_not_trained_again(finished, capsys):
     """The same command after the run finished: says so, exit 0, nothing rewritten."""
     log_dir, argv = finished
     before = _snapshot(log_dir)
-    proc = subprocess.run(RUN + argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "already finished at step 8 (epoch 2)" in proc.stdout
-    assert f"final model at {os.path.join(log_dir, 'final.keras')}" in proc.stdout
-    assert "nothing to do" in proc.stdout
+    code, out, err = _main(argv, capsys)
+    assert code == 0, err[-3000:]
+    assert "already finished at step 8 (epoch 2)" in out
+    assert f"final model at {os.path.join(log_dir, 'final.keras')}" in out
+    assert "nothing to do" in out
     after = _snapshot(log_dir)
     for name in ("final.keras", "val.txt") + tuple(n for n in before if n.startswith("checkpoints")):
         assert after[name] == before[name], name
@@ -126,7 +128,7 @@ def test_other_records_or_settings_are_refused(finished, records, capsys):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_drops_what_came_after_the_checkpoint(finished, tmp_path):
+def test_resume_after_kill_drops_what_came_after_the_checkpoint(finished, tmp_path, capsys):
     """A run killed after epoch 2 was evaluated (val.txt line, best model, summaries
     written) but before its checkpoint: the log dir of the finished run with its last
     checkpoint and final model removed is exactly that state. The same command redoes
@@ -143,8 +145,8 @@ def test_resume_after_kill_drops_what_came_after_the_checkpoint(finished, tmp_pa
     assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-6")
     assert _val_epochs(log_dir) == [1, 2]
     argv = _set(argv, "--log_dir", log_dir)
-    proc = subprocess.run(RUN + argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, out, err = _main(argv, capsys)
+    assert code == 0, err[-3000:]
     assert _val_epochs(log_dir) == [1, 2]
     assert len(glob.glob(os.path.join(log_dir, "ep002-*.keras"))) <= 1
     assert all(os.path.isfile(p[:-len(".keras")] + ".json")
@@ -192,9 +194,10 @@ def _train_steps_written(log_dir):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(records, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(records, tmp_path, capsys):
     """SIGTERM to a real single-machine run: a checkpoint at the step it reached, a message,
-    exit 143, no final model; the same command resumes from that step and finishes."""
+    exit 143, no final model; the same command (here in this process) resumes from that step
+    and finishes."""
     log_dir = str(tmp_path / "logs")
     argv = ["--tfrecords", records[0], "--log_dir", log_dir, "--total_epoch", "1",
             "--steps_per_epoch", "16", "--steps_per_loop", "1", "--checkpoint_steps", "1000"] + TINY
@@ -216,8 +219,8 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(records, tmp_pa
     assert 1 <= step < 16
     assert f"SIGTERM: stopped at step {step}" in err and "rerun the same command to resume" in err
     assert not os.path.exists(os.path.join(log_dir, "final.keras"))
-    again = subprocess.run(RUN + argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
+    code, out, err = _main(argv, capsys)
+    assert code == 0, err[-3000:]
     assert os.path.isfile(os.path.join(log_dir, "final.keras"))
     assert tf.train.latest_checkpoint(os.path.join(log_dir, "checkpoints")).endswith("ckpt-16")
     assert _val_epochs(log_dir) == [1]
@@ -272,7 +275,10 @@ def test_purge_rewrites_event_files_and_val_lines(tmp_path):
 def test_sigterm_to_one_of_two_workers_saves_and_resumes(records, tmp_path):
     """MultiWorkerMirroredStrategy on loopback: SIGTERM to the non-chief worker makes both
     save a checkpoint at the same step (PreemptionCheckpointHandler) and exit 143; the same
-    two commands resume from that step."""
+    two commands resume from that step and finish together with identical weights, only the
+    chief writing into the log dir. (This is also the suite's two-worker training test: it
+    was test_run.py::test_two_workers_multi_worker_mirrored, whose checks are the last ones
+    here; each two-worker launch costs two graph compilations.)"""
     import tensorflow as tf
 
     from tests.test_run import _free_ports
@@ -311,3 +317,39 @@ def test_sigterm_to_one_of_two_workers_saves_and_resumes(records, tmp_path):
     assert f"at step {step}" in outputs[0]
     assert tf.train.latest_checkpoint(os.path.join(log_dir, "checkpoints")).endswith("ckpt-16")
     assert_each_step_once(log_dir)
+    # trained together: identical weights; only the chief writes into the log dir
+    digests = [re.findall(r"weights_digest: (\w+)", out) for out in outputs]
+    assert digests[0] and digests[0] == digests[1], digests
+    assert os.path.isfile(os.path.join(log_dir, "final.keras"))
+    checkpoints = glob.glob(os.path.join(log_dir, "checkpoints", "ckpt-*.index"))
+    assert sorted(os.path.basename(c) for c in checkpoints) == sorted(
+        {f"ckpt-{step}.index", "ckpt-16.index"}), checkpoints
+    assert len(glob.glob(os.path.join(log_dir, "**", "final.keras"), recursive=True)) == 1
+
+
+def test_identity_is_the_config_tree_less_resumable_settings():
+    """run_identity comes from the TrainConfig tree: equal for an identical relaunch and for
+    one that changes only RESUMABLE_SETTINGS or parser.rotated_sampler; a model or parser
+    setting is a difference named by its path in the tree."""
+    import dataclasses
+
+    from configs import builtin_spec
+    from model.run_dir import IDENTITY_VERSION, _identity_differences
+    from model.trainer import TrainConfig, run_identity
+    spec = builtin_spec("coco")
+    info = {"keypoint_names": list(spec.names), "counts": {"train": 8}}
+    cfg = TrainConfig.smoke("/records", "/logs", spec.num_keypoints)
+    cfg.validate()
+    identity = run_identity(cfg, spec, info, 2)
+    assert identity["version"] == IDENTITY_VERSION == 2
+    assert identity == run_identity(TrainConfig.smoke("/records", "/logs", 17), spec, info, 2)
+    resumed = dataclasses.replace(cfg, tfrecords="/moved", log_dir="/other", total_epoch=5,
+                                  steps_per_loop=7, checkpoint_steps=3, jit_compile=True,
+                                  verbose=False, parser=dataclasses.replace(
+                                      cfg.parser, rotated_sampler="projective"))
+    assert run_identity(resumed, spec, info, 2) == identity
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_stacks=2))
+    assert _identity_differences(identity, run_identity(other, spec, info, 2)) == [
+        "model.num_stacks 1 -> 2"]
+    with pytest.raises(ValueError, match="parser.input_size"):
+        dataclasses.replace(cfg, parser=dataclasses.replace(cfg.parser, input_size=(96, 96))).validate()

@@ -100,11 +100,6 @@ class _Header:
         self.ignored = [i for i in individuals if i not in self.individuals]
 
 
-def read_dlc_names(annotations: str) -> list[str]:
-    """Keypoint names of a DLC CSV, in column order."""
-    return _Header(annotations, _read_rows(annotations)[:4]).names
-
-
 def dlc_spec(annotations: str, names: list[str], given: Optional[KeypointSpec], config_path: Optional[str],
              matchpoint_path: Optional[str], skeleton_path: Optional[str]) -> KeypointSpec:
     """The keypoint definition of a DLC set: header names; pairs / skeleton from the given
