@@ -13,8 +13,6 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-
 # |heatmap - Keras heatmap| (heatmap peaks ~0.9), measured on a 160-channel plain model over
 # 120 val crops: max / mean = float32 4e-6 / 3e-7, float16 0.0017 / 0.00024, dynamic 0.039 /
 # 0.0046, int8 0.09 / 0.0135 (int8 max up to 0.21 with only 20 calibration crops). The
@@ -33,21 +31,9 @@ def trained(quickstart_run):
 
 
 @pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
+def exported(quickstart_exports):
     """Every variant written by the CLI into one folder (heatmap models, then decoder models)."""
-    from export.__main__ import main
-
-    model_path, records, _, _ = trained
-    out = str(tmp_path_factory.mktemp("exported"))
-    common = ["--model_path", model_path, "--output_dir", out, "--representative", records,
-              "--num_calibration", "100"]
-    assert main(common + ["--format", "tflite", "--quantize", *QUANTIZATIONS]) == 0
-    # a second run into the same folder adds to its manifest
-    assert main(common + ["--format", "saved_model", "tflite", "--quantize", "none", "int8",
-                          "--with_decoder"]) == 0
-    with open(os.path.join(out, "export_manifest.json"), encoding="utf-8") as f:
-        manifest = json.load(f)
-    return out, manifest
+    return quickstart_exports
 
 
 @pytest.fixture(scope="module")

@@ -147,3 +147,23 @@ def quickstart_run(quickstart_records) -> QuickstartRun:
     return QuickstartRun(root=qs.root, synthetic=qs.synthetic, records=qs.records, log_dir=log_dir,
                          final_model=final, summary=returned["summary"], stdout=stdout,
                          val_pcks=val_pcks, seconds=seconds)
+
+
+@pytest.fixture(scope="session")
+def quickstart_exports(quickstart_run, tmp_path_factory):
+    """(folder, manifest) of every export variant of the quickstart model, written once per
+    session by ``python -m export`` in this process: TFLite float32, float16, dynamic, int8
+    (100 calibration crops), then SavedModel plus float32 and int8 TFLite ending in the decoder
+    (a second run into the same folder adds to its manifest)."""
+    import json
+
+    from export.__main__ import main
+
+    out = str(tmp_path_factory.mktemp("exported"))
+    common = ["--model_path", quickstart_run.final_model, "--output_dir", out,
+              "--representative", quickstart_run.records, "--num_calibration", "100"]
+    assert main(common + ["--format", "tflite", "--quantize", "none", "float16", "dynamic", "int8"]) == 0
+    assert main(common + ["--format", "saved_model", "tflite", "--quantize", "none", "int8",
+                          "--with_decoder"]) == 0
+    with open(os.path.join(out, "export_manifest.json"), encoding="utf-8") as f:
+        return out, json.load(f)
