@@ -138,8 +138,7 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
         row["size_bytes"] = file_size(path)
         runner, timers = open_variant(path, variant, config.threads)
         if runner.decodes:
-            coords = np.concatenate([runner.keypoints(crops.images[i:i + 16])[0]
-                                     for i in range(0, len(crops.images), 16)])
+            coords = batched(lambda x, r=runner: r.keypoints(x)[0], crops.images)
             if not float_quarter:    # the float model decoded as the decoder does
                 float_quarter.append(evaluate(reference, DECODER_REFINE))
             row.update(pck=evaluate(runner), float_pck=float_quarter[0],

@@ -87,11 +87,6 @@ class Runner:
     def keypoints(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    @property
-    def metadata(self) -> dict:
-        """The card as plain data ({} without one)."""
-        return self.card.to_dict() if self.card is not None else {}
-
     def _read_card(self, path: str) -> None:
         try:
             self.card, self.card_source = read_card(path)

@@ -10,6 +10,8 @@ import shlex
 
 import pytest
 
+from tests.trained_model import makefile_quickstart
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -29,22 +31,6 @@ def quickstart_block() -> list[str]:
     section = text[text.index("## The quickstart"):text.index("## Recipes")]
     block = re.search(r"```sh\n(.*?)```", section, flags=re.S).group(1)
     return [line.strip() for line in block.splitlines() if line.strip()]
-
-
-def makefile_quickstart() -> list[str]:
-    text = _read("Makefile")
-    variables = dict(re.findall(r"^(\w+) \?= (.*)$", text, flags=re.M))
-    recipe = text[text.index("\nquickstart:") + 1:].split("\n\n")[0].splitlines()[1:]
-    out = []
-    for line in recipe:
-        line = line.strip()
-        if line.startswith("@"):
-            continue
-        line = line.replace("$(PY)", "python")
-        for _ in range(3):
-            line = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), m.group(0)), line)
-        out.append(re.sub(r"\s+", " ", line).strip())
-    return out
 
 
 def test_quickstart_block_is_the_makefile_recipe():
