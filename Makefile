@@ -20,7 +20,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 --dist loadfile tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the records'; COCO's 17 keypoints get COCO's)")
 
     t = sub.add_parser("train", help="train a model (the default mode)")
-    t.add_argument("--tfrecords", help="folder written by convert_to_tfrecord.py")
-    t.add_argument("--dataset_path", help="original layout: a folder with images/ and "
+    source = t.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tfrecords", help="folder written by convert_to_tfrecord.py")
+    source.add_argument("--dataset_path", help="original layout: a folder with images/ and "
                    "annotations.json; converted to TFRecords once, cached in DATASET_PATH/tfrecords")
     keypoint_files(t)
     t.add_argument("--num_stacks", type=int, default=2)
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rotated_sampler", choices=("xla", "projective"), default="xla",
                    help="warp of rotated crops: XLA-compiled gathers (faster) or "
                         "ImageProjectiveTransformV3 (no XLA needed)")
+    t.add_argument("--data_service", metavar="grpc://HOST:PORT",
+                   help="run the training input on tf.data service workers (start them with "
+                        "python -m pipeline.data_service); validation stays local")
     t.add_argument("--quiet", action="store_true")
 
     e = sub.add_parser("eval", help="PCK, torso PCK, COCO OKS AP, PCKh of a .keras, SavedModel or "
@@ -130,6 +134,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--flip_test", action="store_true")
     d.add_argument("--conf_threshold", type=float, default=0.1, help="hide joints below this")
     d.add_argument("--max_frames", type=int, help="stop a video/webcam after this many frames")
+    d.add_argument("--track", action="store_true",
+                   help="follow one subject: each frame is read from the box of the previous "
+                        "frame's confident keypoints (padded as in training); the first frame, "
+                        "and a frame whose mean confidence falls under --track_threshold, is "
+                        "searched: read whole (or from --bbox) and, when not found there, in "
+                        "4 of the frame's overlapping tiles in turn")
+    d.add_argument("--track_threshold", type=float,
+                   help="mean confidence under which --track counts the subject lost and "
+                        "searches again (default 0.5)")
+    d.add_argument("--smooth", action="store_true",
+                   help="One-Euro filter each keypoint over time (frame pixels; a point under "
+                        "--conf_threshold keeps its last position)")
+    d.add_argument("--min_cutoff", type=float,
+                   help="--smooth: cutoff in Hz of a still keypoint; lower is steadier but lags "
+                        "(default 1.0)")
+    d.add_argument("--beta", type=float,
+                   help="--smooth: cutoff rise per subject size per second of keypoint speed; "
+                        "higher lags less on fast moves, keeps more jitter (default 4.0)")
+    d.add_argument("--csv", help="also write the keypoints as CSV: frame, keypoint, x, y, "
+                                 "confidence (frame pixels, pixel centres at +0.5)")
+    d.add_argument("--draw_box", action="store_true",
+                   help="draw the box each frame was read from (--track or --bbox)")
     return p
 
 
@@ -148,14 +174,19 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from model import cli
     from pipeline.records import RecordsError, is_data_loss
+    from pipeline.sources import ConversionError
     try:
         if args.mode == "train":
+            if args.dataset_path:     # the original layout: converted once, then read as records
+                from pipeline.convert import records_for_dataset_path
+                args.tfrecords = records_for_dataset_path(args.dataset_path, args.classes_path,
+                                                          args.matchpoint_path, args.skeleton_path)
             result = cli.train(args)
         elif args.mode == "eval":
             result = cli.evaluate(args)
         else:
             result = cli.predict(args)
-    except (cli.UsageError, RecordsError) as e:
+    except (cli.UsageError, RecordsError, ConversionError) as e:
         print(f"run.py {args.mode}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:   # a signal stopped training after saving a checkpoint
@@ -177,6 +208,11 @@ def main(argv=None) -> int:
         if skipped:
             print(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:10])}"
                   + (" ..." if len(skipped) > 10 else ""))
+        tracking = result.get("tracking")
+        if tracking:
+            print(f"tracking: {tracking['tracked']} frame(s) tracked, {tracking['search']} "
+                  f"searched, {tracking['lost']} lost (mean confidence under the threshold), "
+                  f"{tracking['reinitialized']} re-initialization(s)")
         for note in result.get("notes") or []:
             print(f"note: {note}")
     return 0

@@ -1,17 +1,27 @@
-"""TFLite file sizes and CPU latency of the 2-stack hourglass variants per quantization mode.
+"""TFLite file sizes and CPU latency of the 2-stack hourglass variants per quantization mode,
+every model timed in turns in one run so that the ratios share the machine's conditions.
 
-    .venv/bin/python -m benchmarks.export [--variants hg_s2 hg_s2_mobile hg_s2_mobile_tiny]
-        [--quantize none float16 dynamic int8] [--num_calibration 8] [--runs 20] [--json OUT]
+    .venv/bin/python -m benchmarks.export [--variants hg_s2_mobile hg_s2_mobile_tiny]
+        [--quantize none int8 int16x8 mixed] [--representative RECORDS] [--num_calibration 16]
+        [--mixed_keep 4] [--runs 20] [--rounds 5] [--json OUT]
 
-Models are untrained (size does not depend on training) at 256x256 with 17 keypoints. Their
+Models are untrained (size and latency do not depend on training) at 256x256. Their
 BatchNorm statistics are first set to random non-trivial values: a fresh model starts each
 residual block's last BatchNorm at gamma = 0, which folds into all-zero convolution weights
 that the converter stores once for many tensors and that would make the files look smaller than
-a trained model's. int8 is calibrated on a handful of synthetic crops that take the real path
-(pipeline.synthetic -> pipeline.convert -> eval parser), as `python -m export` does.
+a trained model's. The integer modes are calibrated on eval crops of `--representative` (real
+records, e.g. the LSPET records of `benchmarks.learn_human`; the models then have its keypoint
+count) through the eval parser, as `python -m export` does; without it, on synthetic crops that
+take the same path (pipeline.synthetic -> pipeline.convert -> eval parser), 17 keypoints.
+``mixed`` keeps the `--mixed_keep` layers of largest quantization error (the quantization
+debugger's ranking on the calibration crops) in float: an untrained model has no PCK to
+select by, so this measures what keeping that many layers in float costs.
 
-Latency: one uint8 image through the LiteRT interpreter (XNNPACK), median of `runs` invokes
-after 3 warm-ups, at 1 and 2 interpreter threads. Numbers depend on the machine and its load.
+Latency: one raw-pixel image through the LiteRT interpreter (XNNPACK), at 1 and 2 interpreter
+threads: the median wall time of `runs` invokes, taken in `rounds` turns over all models after
+2 warm-ups each (int16x8, which LiteRT runs on its reference kernels at seconds per image,
+`runs / 10`), and at 1 thread also the median CPU time of the process per invoke (robust to
+other jobs on a shared machine). Numbers depend on the machine and its load.
 """
 from __future__ import annotations
 
@@ -26,8 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from configs import atomic_write_json, builtin_spec  # noqa: E402
-from export.convert import QUANT_NAMES, QUANTIZATIONS, Calibration, convert_tflite  # noqa: E402
-from export.verify import median_latency_ms  # noqa: E402
+from export.convert import QUANT_NAMES, QUANTIZATIONS, Calibration, convert_mixed, convert_tflite  # noqa: E402
 
 INPUT_SIZE = (256, 256)
 VARIANTS = {
@@ -48,8 +57,8 @@ def randomize_batchnorm(model, seed: int = 0) -> None:
                                0.1 * rng.standard_normal(mean), 0.5 + rng.random(var)])
 
 
-def synthetic_calibration(num: int, workdir: str) -> Calibration:
-    """`num` eval crops of synthetic figures, through converter + eval parser."""
+def synthetic_calibration(num: int, workdir: str) -> tuple[Calibration, int]:
+    """(`num` eval crops of synthetic figures, through converter + eval parser; 17 keypoints)."""
     from export.records import load_crops
     from pipeline.convert import ConvertOptions, convert_dataset
     from pipeline.synthetic import generate_dataset
@@ -60,69 +69,156 @@ def synthetic_calibration(num: int, workdir: str) -> Calibration:
     convert_dataset("coco", summary["train"]["json"], summary["train"]["image_dir"], records,
                     split="train", options=ConvertOptions(num_workers=1, quiet=True))
     crops = load_crops(records, "train", builtin_spec("coco"), INPUT_SIZE, 4, "box", 1.25)
-    return Calibration(crops.images, records, "train")
+    return Calibration(crops.images, records, "train"), 17
 
 
-def tflite_latency(data: bytes, image: np.ndarray, threads: int, runs: int) -> float:
-    from ai_edge_litert.interpreter import Interpreter
-    interpreter = Interpreter(model_content=data, num_threads=threads)
-    interpreter.allocate_tensors()
-    index = interpreter.get_input_details()[0]["index"]
+def records_calibration(records: str, num: int) -> tuple[Calibration, int]:
+    """(the first `num` 256x256 eval crops of the records' train split (else val), box crops
+    with padding 1.25; the records' keypoint count)."""
+    from configs import KeypointSpec
+    from export.records import load_crops, pick_split, read_info
+
+    spec = KeypointSpec.from_dict(read_info(records), records)
+    split = pick_split(records, ("train", "val"))
+    crops = load_crops(records, split, spec, INPUT_SIZE, 4, "box", 1.25, max_examples=num)
+    return Calibration(crops.images, records, split), spec.num_keypoints
+
+
+def calibration_for(args, workdir: str) -> tuple[Calibration, int]:
+    if args.representative:
+        return records_calibration(args.representative, args.num_calibration)
+    return synthetic_calibration(args.num_calibration, workdir)
+
+
+def benchmark_model(name: str, num_keypoints: int, seed: int = 0):
+    """An untrained 2-stack 256x256 variant with randomized BatchNorm statistics."""
+    import keras
+
+    from model import build_hourglass
+    keras.utils.set_random_seed(seed)
+    model = build_hourglass(num_keypoints, num_stacks=2, input_size=INPUT_SIZE, **VARIANTS[name])
+    randomize_batchnorm(model, seed)
+    return model
+
+
+def convert(model, quantization: str, calibration: Calibration, mixed_keep: int) -> tuple[bytes, dict]:
+    """(flatbuffer, notes) of one mode as `python -m export` writes it (mixed: `mixed_keep`
+    worst layers in float)."""
+    if quantization == "mixed":
+        data, report = convert_mixed(model, calibration, None, keep=mixed_keep, log=lambda _: None)
+        return data, {"float_layers": [r["layer"] for r in report["float_layers"]]}
+    return convert_tflite(model, quantization, calibration), {}
+
+
+def tflite_timer(data: bytes, image: np.ndarray, threads: int):
+    """A function running one invoke of the model on `image` (cast to the input type)."""
+    from model.runner import open_interpreter
+    interpreter = open_interpreter(data, threads)
+    detail = interpreter.get_input_details()[0]
+    x = image.astype(detail["dtype"])
 
     def invoke():
-        interpreter.set_tensor(index, image)
+        interpreter.set_tensor(detail["index"], x)
         interpreter.invoke()
+    return invoke
 
-    return median_latency_ms(invoke, runs)
+
+def time_in_turns(timers: dict, runs: dict, rounds: int, warmup: int = 2) -> dict:
+    """{key: (median wall ms, median process CPU ms)} of each timer, all timers taking
+    `rounds` turns of `runs[key] / rounds` invokes."""
+    for fn in timers.values():
+        for _ in range(warmup):
+            fn()
+    wall = {k: [] for k in timers}
+    cpu = {k: [] for k in timers}
+    for _ in range(max(1, rounds)):
+        for key, fn in timers.items():
+            for _ in range(max(1, -(-runs[key] // max(1, rounds)))):
+                w, c = time.perf_counter(), time.process_time()
+                fn()
+                cpu[key].append(time.process_time() - c)
+                wall[key].append(time.perf_counter() - w)
+    return {k: (float(np.median(wall[k]) * 1e3), float(np.median(cpu[k]) * 1e3)) for k in timers}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    p.add_argument("--quantize", nargs="+", choices=QUANTIZATIONS, default=list(QUANTIZATIONS))
-    p.add_argument("--num_calibration", type=int, default=8)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                   default=["hg_s2_mobile", "hg_s2_mobile_tiny"])
+    p.add_argument("--quantize", nargs="+", choices=QUANTIZATIONS,
+                   default=["none", "int8", "int16x8", "mixed"])
+    p.add_argument("--representative", default=None,
+                   help="TFRecords folder whose train crops calibrate (default: synthetic crops)")
+    p.add_argument("--num_calibration", type=int, default=16)
+    p.add_argument("--mixed_keep", type=int, default=4, help="mixed: layers kept in float")
     p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.representative and not os.path.isfile(os.path.join(args.representative, "dataset_info.json")):
+        print(f"error: --representative {args.representative}: no dataset_info.json there; pass a "
+              f"folder written by convert_to_tfrecord.py", file=sys.stderr)
+        return 2
 
-    from model import build_hourglass, count_trainable_parameters
-    rows = []
+    from model import count_trainable_parameters
+    rows, timers, runs = [], {}, {}
     with tempfile.TemporaryDirectory() as workdir:
-        calibration = synthetic_calibration(args.num_calibration, workdir)
-        image = calibration.images[:1]
-        for name in args.variants:
-            model = build_hourglass(17, num_stacks=2, input_size=INPUT_SIZE, **VARIANTS[name])
-            randomize_batchnorm(model)
-            params = count_trainable_parameters(model)
-            for quantization in args.quantize:
-                started = time.time()
-                data = convert_tflite(model, quantization, calibration)
-                row = {"variant": name, "parameters": params, "quantization": QUANT_NAMES[quantization],
-                       "size_bytes": len(data), "convert_s": round(time.time() - started, 1),
-                       "latency_ms": {f"{t}t": tflite_latency(data, image, t, args.runs) for t in (1, 2)}}
-                rows.append(row)
-                print(f"{name:18s} {row['quantization']:8s} {len(data) / 1e6:7.2f} MB  "
-                      f"1t {row['latency_ms']['1t']:8.1f} ms  2t {row['latency_ms']['2t']:8.1f} ms  "
-                      f"(converted in {row['convert_s']} s)", flush=True)
+        calibration, num_keypoints = calibration_for(args, workdir)
+    image = calibration.images[:1]
+    for name in args.variants:
+        model = benchmark_model(name, num_keypoints)
+        params = count_trainable_parameters(model)
+        for quantization in args.quantize:
+            started = time.time()
+            data, notes = convert(model, quantization, calibration, args.mixed_keep)
+            row = {"variant": name, "parameters": params, "quantization": QUANT_NAMES[quantization],
+                   "size_bytes": len(data), "convert_s": round(time.time() - started, 1), **notes}
+            for threads in args.threads:
+                timers[(len(rows), threads)] = tflite_timer(data, image, threads)
+                # int16x8 runs on reference kernels, seconds per image: a tenth of the runs
+                runs[(len(rows), threads)] = (max(args.rounds, args.runs // 10)
+                                              if quantization == "int16x8" else args.runs)
+            rows.append(row)
+            print(f"converted {name} {row['quantization']}: {len(data) / 1e6:.2f} MB in "
+                  f"{row['convert_s']} s", flush=True)
+    print(f"timing {len(timers)} model/thread settings: {args.runs} runs each (int16x8: "
+          f"{max(args.rounds, args.runs // 10)}) in {args.rounds} turns", flush=True)
+    for (index, threads), (wall, cpu) in time_in_turns(timers, runs, args.rounds).items():
+        rows[index].setdefault("latency_ms", {})[f"{threads}t"] = wall
+        if threads == 1:
+            rows[index]["cpu_ms_1t"] = cpu
     print()
     print(format_table(rows))
     if args.json:
-        atomic_write_json(args.json, {"input_size": list(INPUT_SIZE), "num_keypoints": 17,
-                                      "calibration_crops": args.num_calibration, "rows": rows})
+        atomic_write_json(args.json, {
+            "input_size": list(INPUT_SIZE), "num_keypoints": num_keypoints,
+            "calibration": calibration.describe(), "mixed_keep": args.mixed_keep,
+            "runs": args.runs, "rounds": args.rounds, "cpu_count": os.cpu_count(), "rows": rows})
     return 0
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'variant':18s} {'params':>9s} {'quant':8s} {'size MB':>8s} {'x f32':>6s} "
-             f"{'ms 1t':>8s} {'ms 2t':>8s} {'lat x f32 (1t)':>14s}"]
+    threads = sorted({k for r in rows for k in r["latency_ms"]})
+    head = (f"{'variant':18s} {'params':>9s} {'quant':8s} {'size MB':>8s} {'x f32':>6s} "
+            + " ".join(f"{'ms ' + k:>8s} {'x f32':>6s}" for k in threads)
+            + f" {'cpu ms 1t':>9s} {'x f32':>6s}")
+    lines = [head]
     for r in rows:
         base = next((b for b in rows
                      if b["variant"] == r["variant"] and b["quantization"] == "float32"), None)
-        size_x = f"{r['size_bytes'] / base['size_bytes']:.3f}" if base else "-"
-        lat_x = f"{r['latency_ms']['1t'] / base['latency_ms']['1t']:.2f}" if base else "-"
+
+        def ratio(value, base_value):
+            return f"{value / base_value:.2f}" if base else "-"
+        size_x = ratio(r["size_bytes"], base["size_bytes"] if base else 1)
+        lat = " ".join(f"{r['latency_ms'][k]:>8.1f} "
+                       f"{ratio(r['latency_ms'][k], base['latency_ms'][k] if base else 1):>6s}"
+                       for k in threads)
+        cpu = r.get("cpu_ms_1t")
+        cpu_text = (f"{cpu:>9.1f} {ratio(cpu, base['cpu_ms_1t'] if base else 1):>6s}"
+                    if cpu is not None else f"{'-':>9s} {'-':>6s}")
         lines.append(f"{r['variant']:18s} {r['parameters']:>9d} {r['quantization']:8s} "
-                     f"{r['size_bytes'] / 1e6:>8.2f} {size_x:>6s} {r['latency_ms']['1t']:>8.1f} "
-                     f"{r['latency_ms']['2t']:>8.1f} {lat_x:>14s}")
+                     f"{r['size_bytes'] / 1e6:>8.2f} {size_x:>6s} {lat} {cpu_text}")
     return "\n".join(lines)
 
 

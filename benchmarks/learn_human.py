@@ -241,21 +241,13 @@ def recipe_from_args(args):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    joints = os.path.join(args.data, "joints.mat")
-    if not os.path.isfile(joints):
-        print(f"error: {joints} not found; pass --data (the lspet folder)", file=sys.stderr)
+    prepared = learn_real.prepare_run(args, os.path.join(args.data, "joints.mat"), recipe_from_args)
+    if prepared is None:
         return 2
-    if args.steps is not None and args.steps < 1:
-        print("error: --steps must be >= 1", file=sys.stderr)
-        return 2
-    recipe = recipe_from_args(args)
-    import keras
-
+    recipe, out = prepared
     from configs import KeypointSpec, atomic_write_json
     from model.runner import metadata_path
-    keras.utils.set_random_seed(recipe.seed)
 
-    out = learn_real.fresh_out_dir(args.out)
     t0 = time.time()
     try:
         records, info = convert_lspet(args.data, out)

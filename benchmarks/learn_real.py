@@ -313,6 +313,22 @@ def train_as_asked(recipe, records: str, spec, out_dir: str, args) -> dict:
                                warmup_steps=args.warmup_steps, num_epochs=args.epochs)
 
 
+def prepare_run(args, data_file: str, recipe_from_args):
+    """(recipe, output folder) of a benchmark run, or None after one error line (exit 2): the
+    data file must exist and --steps be positive; seeds Python, NumPy and TF with the recipe's
+    seed; clears the logs of an earlier run in --out."""
+    if not os.path.isfile(data_file):
+        print(f"error: {data_file} not found; pass --data (the folder holding it)", file=sys.stderr)
+        return None
+    if args.steps is not None and args.steps < 1:
+        print("error: --steps must be >= 1", file=sys.stderr)
+        return None
+    recipe = recipe_from_args(args)
+    import keras
+    keras.utils.set_random_seed(recipe.seed)
+    return recipe, fresh_out_dir(args.out)
+
+
 def fresh_out_dir(out: str) -> str:
     """Absolute `out` without the logs of an earlier run (the Trainer would resume from them)."""
     out = os.path.abspath(out)
@@ -459,21 +475,13 @@ def recipe_from_args(args):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if not os.path.isfile(os.path.join(args.data, CSV_NAME)):
-        print(f"error: {os.path.join(args.data, CSV_NAME)} not found; pass --data (the "
-              f"dlc_openfield folder)", file=sys.stderr)
+    prepared = prepare_run(args, os.path.join(args.data, CSV_NAME), recipe_from_args)
+    if prepared is None:
         return 2
-    if args.steps is not None and args.steps < 1:
-        print("error: --steps must be >= 1", file=sys.stderr)
-        return 2
-    recipe = recipe_from_args(args)
-    import keras
-
+    recipe, out = prepared
     from configs import KeypointSpec, atomic_write_json
     from model.metrics import pck_threshold_px
-    keras.utils.set_random_seed(recipe.seed)
 
-    out = fresh_out_dir(args.out)
     t0 = time.time()
     records, info = convert_openfield(args.data, out)
     spec = KeypointSpec.from_dict(info, "dataset_info.json")

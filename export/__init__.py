@@ -2,10 +2,13 @@
 proof of what quantization cost.
 
 - `python -m export --model_path M.keras --output_dir O --format saved_model tflite
-  --quantize none float16 dynamic int8 --representative RECORDS [--with_decoder]`
+  --quantize none float16 dynamic int8 int16x8 mixed --representative RECORDS [--with_decoder]`
   (`export.convert.export_model`): one file per variant, a metadata json beside each, and
-  `O/export_manifest.json`.
+  `O/export_manifest.json`. int8 and int16x8 are integer-only from their raw-pixel input on;
+  mixed keeps the layers of largest quantization error in float (`export.quantize`).
 - `python -m export.verify --models O --tfrecords RECORDS [--split val] [--json OUT]`
-  (`export.verify.verify_exports`): size, PCK next to the float Keras model's, largest heatmap
-  difference on the same crops, and single-image CPU latency of every variant.
+  (`export.verify.verify_exports`): size, PCK and keypoint error next to the float Keras
+  model's, keypoint distance and largest heatmap difference from it on the same crops,
+  single-image CPU latency of every variant timed in turns, and per TFLite file whether it is
+  integer-only, GPU-delegate compatible and what its card says it is (exit 1 if not).
 """

@@ -4,23 +4,39 @@ Each file carries its model card (``model.card``: the source's keypoints, archit
 and codec, plus format, quantization and tensors) inside it (SavedModel ``assets.extra``,
 TFLite metadata; ONNX only beside it), with a readable json copy beside it.
 
-Every exported model keeps only the LAST stack's heatmaps and takes uint8 RGB pixels: the
-wrapper casts them to float and the model normalizes inside, so device code feeds the crop as
-it is. TFLite models have batch 1.
+Every exported model keeps only the LAST stack's heatmaps and takes the RGB crop's pixels as
+they are (0-255); the model normalizes inside. TFLite models have batch 1.
 
 Quantization modes (`QUANTIZATIONS`), TFLite only:
-- ``none``: float32.
-- ``float16``: float16 weights, float32 compute.
-- ``dynamic``: int8 weights, float activations (dynamic-range).
-- ``int8``: full integer (TFLITE_BUILTINS_INT8): int8 weights and activations, calibrated on
-  eval crops of real records; input uint8 pixels (not quantized: the cast is the model's first
-  op), output int8 heatmaps with a scale and zero point (in the model card).
+- ``none``: float32; input uint8 (cast to float inside).
+- ``float16``: float16 weights, float32 compute; input uint8.
+- ``dynamic``: int8 weights, float activations (dynamic-range); input uint8.
+- ``int8``: full integer (TFLITE_BUILTINS_INT8), calibrated on eval crops of real records.
+  Integer-only: input uint8 with scale 1, zero point 0 (raw pixels), first op an integer
+  QUANTIZE (uint8 -> int8), no float tensor anywhere; output int8 heatmaps with a scale and
+  zero point (in the model card).
+- ``int16x8``: int16 activations, int8 weights (TF's 16x8 mode), calibrated alike; input int16
+  with scale 1, zero point 0 (the pixels as int16), output int16 heatmaps; integer-only too.
+  LiteRT runs it on its reference kernels (XNNPACK has no int16 path): slow on CPUs.
+- ``mixed``: int8 with the layers of largest quantization error kept in float, chosen on the
+  export's crops (``export.quantize``): TF's quantization debugger ranks the int8 layers, and
+  the worst 0, 1, 2, 4, ... stay float until the PCK on labelled crops (the split's crops after
+  the calibration ones) is within 0.5 points of the float model's. The card lists the layers.
+
+The integer modes (int8, int16x8, mixed) convert ``integer_graph``: the same layers and trained
+weights, float32 pixel input (which the converter makes the integer raw-pixel input). In int8
+and mixed the mobile stem's 7x7 stride-2 depthwise convolution (depth multiplier 8 over the 3
+RGB channels) is written as space_to_depth(2) + a 4x4 convolution over 12 channels holding
+the same weights (the same outputs in float): XNNPACK's int8 kernel for the depthwise shape is
+5-7x slower than its float one (``python -m benchmarks.int8_ops``). Cards of TFLite files say
+``integer_only``, read from the file itself (no float tensor anywhere).
 
 ``with_decoder``: the TFLite models end in the codec's decoder
 (``pipeline.codec.HeatmapCodec.decode``, 'quarter' refinement) and output ``keypoints``
 float32 [1, K, 2] (crop-input pixels) and ``confidence`` float32 [1, K] (named
-``*_decoder.tflite``; in int8 the heatmaps stay int8 and the decoder's few ops run in float);
-the SavedModel keeps ``serving_default`` (heatmaps) and gets a second signature ``keypoints``.
+``*_decoder.tflite``; in the integer modes the heatmaps stay integer and the decoder's few ops
+run in float, so such a file is not integer-only); the SavedModel keeps ``serving_default``
+(heatmaps) and gets a second signature ``keypoints``.
 
 ONNX (``--format onnx``, float32, any batch, same input and outputs as the SavedModel's
 default signature, or the decoder's outputs) is an optional extra through tf2onnx, which is not
@@ -56,8 +72,11 @@ from model.card import (
 )
 
 FORMATS = ("saved_model", "tflite", "onnx")
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-QUANT_NAMES = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8", "int16x8", "mixed")
+QUANT_NAMES = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8": "int8",
+               "int16x8": "int16x8", "mixed": "mixed"}
+CALIBRATED = ("int8", "int16x8", "mixed")      # need --representative; convert integer_graph
+MIXED_DEBUG_CROPS = 64                          # calibration crops the quantization debugger runs
 DECODER_REFINE = "quarter"
 MANIFEST_NAME = "export_manifest.json"
 SAVED_MODEL_DIR = "saved_model"
@@ -92,21 +111,28 @@ class ExportConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return "tflite" in self.formats and "int8" in self.quantizations
+        return "tflite" in self.formats and any(q in CALIBRATED for q in self.quantizations)
 
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """Calibration crops (uint8 [N, H, W, 3]) and where they came from."""
+    """Calibration crops (uint8 [N, H, W, 3]) and where they came from; ``selection``: the
+    labelled crops (``export.records.Crops``) that ``--quantize mixed`` scores PCK on."""
 
     images: np.ndarray
     tfrecords: str = ""
     split: str = ""
+    selection: Optional[object] = None
+    selection_overlaps: bool = False     # selection crops are calibration crops too
 
     def describe(self) -> dict:
-        return {"tfrecords": os.path.abspath(self.tfrecords) if self.tfrecords else None,
-                "split": self.split or None, "num_examples": int(len(self.images)),
-                "parser": "eval (Parser.parse_eval), batch 1"}
+        out = {"tfrecords": os.path.abspath(self.tfrecords) if self.tfrecords else None,
+               "split": self.split or None, "num_examples": int(len(self.images)),
+               "parser": "eval (Parser.parse_eval), batch 1"}
+        if self.selection is not None:
+            out["selection_examples"] = int(len(self.selection.images))
+            out["selection_overlaps_calibration"] = bool(self.selection_overlaps)
+        return out
 
 
 # ----------------------------------------------------------------------------- source
@@ -190,6 +216,116 @@ def wrap_model(model, with_decoder: bool = False, batch_size: Optional[int] = No
         raise ExportError(f"model {model.name!r}: expected the hourglass's first layer to be "
                           f"Rescaling (RGB 0-255 -> [-1, 1]); got {type(first).__name__}")
     flat = keras.models.clone_model(model, input_tensors=image, clone_function=lambda layer: layer)
+    heatmaps = last_stack(flat.outputs)
+    if not with_decoder:
+        return keras.Model(image, heatmaps, name="hourglass")
+    coords, confidence = _decoder_layer_class()((h, w), stride, name="decoder")(heatmaps)
+    return keras.Model(image, [coords, confidence], name="hourglass")
+
+
+STEMS = ("space_to_depth", "dense", "depthwise")   # integer_graph's ways to write the mobile stem
+
+
+def _dense_kernel(layer) -> np.ndarray:
+    """The Conv2D kernel [k, k, C, C * m] computing a DepthwiseConv2D with depth multiplier m:
+    output channel c * m + j reads input channel c only (block-diagonal, the trained weights)."""
+    depthwise = layer.get_weights()[0]
+    kh, kw, cin, mult = depthwise.shape
+    kernel = np.zeros((kh, kw, cin, cin * mult), np.float32)
+    for c in range(cin):
+        kernel[:, :, c, c * mult:(c + 1) * mult] = depthwise[:, :, c, :]
+    return kernel
+
+
+def _space_to_depth_conv_class():
+    import keras
+    import tensorflow as tf
+
+    class SpaceToDepthConv(keras.layers.Layer):
+        """A k x k, stride-2, 'same' convolution (no bias) as space_to_depth(2) -> a
+        ceil(k/2)^2 stride-1 'same' convolution over 4x the channels: the same outputs (see
+        ``space_to_depth_fits``), in a shape XNNPACK's int8 kernels run well (a 3-channel 7x7
+        convolution wastes most of their lanes), and no PAD op."""
+
+        def __init__(self, kernel: np.ndarray, **kwargs):
+            super().__init__(**kwargs)
+            k, _, cin, cout = kernel.shape
+            even = k + k % 2
+            padded = np.zeros((even, even, cin, cout), np.float32)
+            padded[:k, :k] = kernel
+            # K'[a, b, (dy * 2 + dx) * C + c] = K[2a + dy, 2b + dx, c]: space_to_depth's order
+            self.folded = (padded.reshape(even // 2, 2, even // 2, 2, cin, cout)
+                           .transpose(0, 2, 1, 3, 4, 5).reshape(even // 2, even // 2, 4 * cin, cout))
+
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=self.folded.shape, initializer="zeros",
+                                          trainable=False, name="kernel")
+            self.kernel.assign(self.folded)
+
+        def call(self, x):
+            return tf.nn.conv2d(tf.nn.space_to_depth(x, 2), self.kernel, 1, "SAME")
+
+        def compute_output_shape(self, shape):
+            return (shape[0], shape[1] // 2, shape[2] // 2, self.folded.shape[-1])
+
+    return SpaceToDepthConv
+
+
+def space_to_depth_fits(layer) -> bool:
+    """Whether a k x k stride-2 'same' convolution over an H x W input equals space_to_depth
+    then a ceil(k/2)^2 'same' one: H and W even, and its padding before the image (pixels)
+    twice the smaller convolution's (cells), e.g. 2 and 1 for k = 7."""
+    _, h, w, _ = layer.input.shape
+    k = int(layer.kernel_size[0])
+    if (tuple(layer.strides) != (2, 2) or layer.padding != "same" or layer.kernel_size[1] != k
+            or tuple(layer.dilation_rate) != (1, 1) or layer.use_bias or not h or not w):
+        return False
+    small = (k + k % 2) // 2
+    return all(size % 2 == 0 and (k - 2) // 2 == 2 * ((small - 1) // 2) for size in (h, w))
+
+
+def _stem_rewrite(stem: str):
+    """clone_function of integer_graph: the DepthwiseConv2D with depth multiplier > 1 (the
+    mobile stem) written as ``stem`` says; every other layer itself (shared, not copied)."""
+    import keras
+
+    def rewrite(layer):
+        if (stem == "depthwise" or not isinstance(layer, keras.layers.DepthwiseConv2D)
+                or layer.depth_multiplier == 1):
+            return layer
+        kernel = _dense_kernel(layer)
+        if stem == "space_to_depth" and space_to_depth_fits(layer):
+            return _space_to_depth_conv_class()(kernel, name=layer.name)
+        conv = keras.layers.Conv2D(kernel.shape[-1], kernel.shape[:2], strides=layer.strides,
+                                   padding=layer.padding, dilation_rate=layer.dilation_rate,
+                                   use_bias=layer.use_bias, name=layer.name)
+        conv.build((None, None, None, kernel.shape[2]))
+        conv.set_weights([kernel] + layer.get_weights()[1:])
+        return conv
+
+    return rewrite
+
+
+def integer_graph(model, with_decoder: bool = False, batch_size: Optional[int] = 1,
+                  stem: str = "space_to_depth"):
+    """keras.Model for the integer modes: float32 ``image`` [B, H, W, 3] holding the pixel
+    values 0-255 (the converter makes it an integer tensor of scale 1, zero point 0: the first
+    op is then an integer QUANTIZE or the normalization's MUL, never a float CAST) -> last-stack
+    heatmaps, or the decoder's outputs. The source's layers and trained weights, except the
+    mobile stem (a 7x7 stride-2 depthwise convolution, depth multiplier 8 over RGB), written
+    as ``stem`` (``STEMS``) says: ``space_to_depth`` (``SpaceToDepthConv``), ``dense`` (a
+    Conv2D with a block-diagonal kernel) or ``depthwise`` (as trained; XNNPACK's int8 kernel
+    for it is 5x slower than its float one). All three give the same float outputs."""
+    import keras
+    if stem not in STEMS:
+        raise ExportError(f"stem {stem!r}: use one of {', '.join(STEMS)}")
+    (h, w), stride, _ = model_geometry(model)
+    first = next(layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer))
+    if not isinstance(first, keras.layers.Rescaling):
+        raise ExportError(f"model {model.name!r}: expected the hourglass's first layer to be "
+                          f"Rescaling (RGB 0-255 -> [-1, 1]); got {type(first).__name__}")
+    image = keras.Input(shape=(h, w, 3), batch_size=batch_size, dtype="float32", name=INPUT_NAME)
+    flat = keras.models.clone_model(model, input_tensors=image, clone_function=_stem_rewrite(stem))
     heatmaps = last_stack(flat.outputs)
     if not with_decoder:
         return keras.Model(image, heatmaps, name="hourglass")
@@ -299,16 +435,18 @@ def replace_dir(tmp: str, path: str) -> None:
 
 
 def representative_dataset(images: np.ndarray) -> Callable:
-    """Calibration generator: one uint8 crop [1, H, W, 3] at a time (batch 1)."""
+    """Calibration generator for ``integer_graph``: one crop [1, H, W, 3] at a time (batch 1),
+    its uint8 pixel values as float32."""
     def generate():
         for image in images:
-            yield [np.asarray(image, np.uint8)[None]]
+            yield [np.asarray(image, np.float32)[None]]
     return generate
 
 
 def tflite_converter(keras_model, quantization: str, calibration: Optional[Calibration],
                      float_output: bool):
-    """A configured TFLiteConverter for one quantization mode."""
+    """A configured TFLiteConverter for one quantization mode (``mixed``: its int8 converter
+    with float builtins allowed, for ``export.quantize.rank_layers``)."""
     import tensorflow as tf
     converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     if quantization == "float16":
@@ -316,31 +454,112 @@ def tflite_converter(keras_model, quantization: str, calibration: Optional[Calib
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantization == "int8":
+    elif quantization in CALIBRATED:
         if calibration is None or len(calibration.images) == 0:
-            raise ExportError("--quantize int8 needs calibration crops: pass --representative "
-                              "(a TFRecords folder) and --num_calibration > 0")
+            raise ExportError(f"--quantize {quantization} needs calibration crops: pass "
+                              f"--representative (a TFRecords folder) and --num_calibration > 0")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset(calibration.images)
-        converter.inference_input_type = tf.uint8
-        if float_output:
-            # the decoder's float tail (coordinates) runs as float builtins after int8 heatmaps
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                                   tf.lite.OpsSet.TFLITE_BUILTINS]
-        else:
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_output_type = tf.int8
+        ops = tf.lite.OpsSet
+        integer_ops = (ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+                       if quantization == "int16x8" else ops.TFLITE_BUILTINS_INT8)
+        # the decoder's float tail (coordinates) and mixed's float layers run as float builtins
+        floats = float_output or quantization == "mixed"
+        converter.target_spec.supported_ops = [integer_ops] + ([ops.TFLITE_BUILTINS] if floats else [])
+        converter.inference_input_type = tf.int16 if quantization == "int16x8" else tf.uint8
+        if not float_output:
+            converter.inference_output_type = tf.int16 if quantization == "int16x8" else tf.int8
     return converter
 
 
 def convert_tflite(model, quantization: str, calibration: Optional[Calibration],
-                   with_decoder: bool = False) -> bytes:
-    """Flatbuffer bytes of the batch-1 wrapper of `model` in one quantization mode."""
-    wrapper = wrap_model(model, with_decoder, batch_size=1)
+                   with_decoder: bool = False, card: Optional[ModelCard] = None,
+                   log: Callable[[str], None] = print) -> bytes:
+    """Flatbuffer bytes of `model` (batch 1) in one quantization mode: ``wrap_model`` for the
+    float modes, ``integer_graph`` (raw-pixel integer input) for the calibrated ones. ``mixed``
+    is ``convert_mixed`` (needs ``card`` and ``calibration.selection``) without its report."""
+    if quantization == "mixed":
+        return convert_mixed(model, calibration, card, with_decoder, log)[0]
+    integer = quantization in CALIBRATED
+    if integer:   # 16x8 has no SPACE_TO_DEPTH; its reference kernels gain nothing from it
+        wrapper = integer_graph(model, with_decoder, batch_size=1,
+                                stem="depthwise" if quantization == "int16x8" else "space_to_depth")
+    else:
+        wrapper = wrap_model(model, with_decoder, batch_size=1)
     converter = tflite_converter(wrapper, quantization, calibration, float_output=with_decoder)
     with contextlib.redirect_stdout(io.StringIO()):
         data = converter.convert()
+    if integer:
+        from export.quantize import set_raw_pixel_input
+        data = set_raw_pixel_input(data)
     return name_tensors(data, with_decoder)
+
+
+def selection_pck(outputs: list[np.ndarray], crops, card: ModelCard, refine: str) -> float:
+    """PCK (model.metrics.pck_counts, the card's crop threshold) of heatmaps [N, h, w, K]
+    decoded with `refine`, or of a decoder's keypoints [N, K, 2], on labelled crops."""
+    from model.metrics import pck_counts, pck_threshold_px
+    coords = outputs[0]
+    if coords.ndim == 4:
+        coords = np.asarray(card.codec().decode(coords, refine=refine)[0])
+    correct, total = pck_counts(coords, crops.keypoints, crops.weights,
+                                pck_threshold_px(card.input_size, card.output_stride))
+    return float(correct.sum() / max(total.sum(), 1.0))
+
+
+def convert_mixed(model, calibration: Optional[Calibration], card: Optional[ModelCard],
+                  with_decoder: bool = False, log: Callable[[str], None] = print,
+                  keep: Optional[int] = None) -> tuple[bytes, dict]:
+    """(flatbuffer, report) of ``--quantize mixed``: the int8 layers ranked by the quantization
+    debugger on the calibration crops (at most ``MIXED_DEBUG_CROPS``), the worst kept in float
+    until the PCK on ``calibration.selection`` is within 0.5 points of the float Keras model's
+    (``export.quantize.select_float_layers``). ``keep``: exactly that many worst layers in
+    float, no PCK needed (benchmarks of untrained models)."""
+    from export.quantize import (
+        MIXED_MAX_PCK_DROP,
+        float_layer_names,
+        quantize_calibrated,
+        rank_layers,
+        run_tflite,
+        select_float_layers,
+    )
+    if keep is None and (calibration is None or calibration.selection is None or card is None):
+        raise ExportError("--quantize mixed needs labelled crops to score PCK on: pass "
+                          "--representative (a TFRecords folder)")
+    graph = integer_graph(model, with_decoder, batch_size=1)
+    converter = tflite_converter(graph, "mixed", calibration, float_output=with_decoder)
+    debug = representative_dataset(calibration.images[:MIXED_DEBUG_CROPS])
+    calibrated, ranked = rank_layers(converter, debug, log)
+    if keep is not None:
+        data = quantize_calibrated(calibrated, [r["tensor"] for r in ranked[:keep]], with_decoder)
+        report = {"float_layers": ranked[:keep], "ranked_layers": len(ranked)}
+    else:
+        refine = DECODER_REFINE if with_decoder else card.refine
+        crops = calibration.selection
+        points = int((crops.weights > 0).sum())
+        if points * MIXED_MAX_PCK_DROP < 1:
+            log(f"note: --quantize mixed scores {points} labelled keypoints: one keypoint is "
+                f"{100 / max(points, 1):.2f} PCK points, more than the 0.5 allowed; the choice is "
+                f"at the mercy of single keypoints (more --num_selection crops steady it)")
+        float_pck = selection_pck([batched_heatmaps(model, crops.images)], crops, card, refine)
+        data, report = select_float_layers(
+            calibrated, ranked, lambda d: selection_pck(run_tflite(d, crops.images), crops, card, refine),
+            float_pck, with_decoder, log=log)
+        report.update(selection_examples=int(len(crops.images)), selection_keypoints=points,
+                      refine=refine)
+    report["float_layers"] = float_layer_names(report["float_layers"],
+                                               [layer.name for layer in graph.layers])
+    report["debugger_crops"] = int(min(len(calibration.images), MIXED_DEBUG_CROPS))
+    return name_tensors(data, with_decoder), report
+
+
+def batched_heatmaps(keras_model, images: np.ndarray, batch: int = 16) -> np.ndarray:
+    """The source model's last-stack heatmaps of uint8 crops (fed as float32 pixels)."""
+    out = []
+    for i in range(0, len(images), batch):
+        result = keras_model(np.asarray(images[i:i + batch], np.float32), training=False)
+        out.append(np.asarray(last_stack(result)))
+    return np.concatenate(out)
 
 
 def name_tensors(data: bytes, with_decoder: bool) -> bytes:
@@ -421,16 +640,30 @@ def file_size(path: str) -> int:
 
 def variant_card(source: ModelCard, fmt: str, quantization: str, with_decoder: bool,
                  inputs: list[dict], outputs: list[dict], calibration: Optional[Calibration],
-                 source_path: str) -> ModelCard:
+                 source_path: str, facts: Optional[dict] = None,
+                 mixed: Optional[dict] = None) -> ModelCard:
     """The card of an exported file: the source's, plus format, quantization, batch, decoder
-    and the input/output tensors with their dtype and quantization."""
+    and the input/output tensors with their dtype and quantization; for a TFLite file read by
+    ``export.quantize.tflite_facts`` also ``integer_only`` and the activation types; for
+    ``mixed`` the layers kept in float and how they were chosen."""
     extra = dict(source.extra, source_model=os.path.abspath(source_path))
-    if fmt == "tflite" and quantization == "int8" and calibration is not None:
+    if fmt == "tflite" and quantization in CALIBRATED and calibration is not None:
         extra["calibration"] = calibration.describe()
+    if facts is not None:
+        extra["integer_only"] = bool(facts["integer_only"])
+        extra["activation_types"] = sorted(t.lower() for t in facts["activation_types"])
+    if mixed is not None:
+        extra["float_layers"] = list(mixed["float_layers"])
+        extra["mixed"] = {k: v for k, v in mixed.items() if k != "float_layers"}
+    normalization = source.input_normalization
+    if fmt == "tflite" and quantization == "int16x8":
+        normalization = ("RGB 0-255 crop [1, H, W, 3] as int16 (scale 1, zero point 0: the pixel "
+                         "values as they are); the model maps it to [-1, 1]")
     return source.replace(
         format=fmt, quantization=QUANT_NAMES[quantization] if fmt == "tflite" else "float32",
         batch=1 if fmt == "tflite" else None, decoder=DECODER_REFINE if with_decoder else None,
-        inputs=tuple(inputs), outputs=tuple(outputs), extra=extra)
+        inputs=tuple(inputs), outputs=tuple(outputs), input_normalization=normalization,
+        extra=extra)
 
 
 def export_model(model_path: str, output_dir: str, config: ExportConfig,
@@ -453,14 +686,15 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
         raise ExportError(f"{model_path} outputs {num_keypoints} heatmaps but its model card names "
                           f"{source_card.num_keypoints} keypoints")
     if config.needs_calibration and calibration is None:
-        raise ExportError("--quantize int8 needs --representative (a TFRecords folder)")
+        raise ExportError(f"--quantize {' '.join(q for q in config.quantizations if q in CALIBRATED)} "
+                          f"needs --representative (a TFRecords folder)")
     os.makedirs(output_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(model_path))[0]
     variants = []
 
-    def card_of(fmt, quantization, with_decoder, inputs, outputs):
+    def card_of(fmt, quantization, with_decoder, inputs, outputs, facts=None, mixed=None):
         return variant_card(source_card, fmt, quantization, with_decoder, inputs, outputs,
-                            calibration, model_path)
+                            calibration, model_path, facts, mixed)
 
     def add(path, card, seconds):
         write_card_beside(path, card)
@@ -469,9 +703,16 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
                  "decoder": card.decoder is not None, "size_bytes": file_size(path),
                  "metadata": os.path.relpath(metadata_path(path), output_dir),
                  "seconds": round(seconds, 1)}
+        notes = ""
+        if "integer_only" in card.extra:
+            entry["integer_only"] = card.extra["integer_only"]
+            notes += ", integer-only" if entry["integer_only"] else ""
+        if "float_layers" in card.extra:
+            entry["float_layers"] = len(card.extra["float_layers"])
+            notes += f", {entry['float_layers']} layer(s) in float"
         variants.append(entry)
         log(f"wrote {path} ({entry['size_bytes'] / 1e6:.2f} MB, {entry['quantization']}"
-            f"{', decoder' if entry['decoder'] else ''}, {seconds:.1f} s)")
+            f"{', decoder' if entry['decoder'] else ''}{notes}, {seconds:.1f} s)")
 
     if "saved_model" in config.formats:
         path = os.path.join(output_dir, SAVED_MODEL_DIR)
@@ -490,13 +731,18 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
 
     if "tflite" in config.formats:
         suffix = "_decoder" if config.with_decoder else ""
+        from export.quantize import tflite_facts
         for quantization in config.quantizations:
             started = time.time()
-            data = convert_tflite(model, quantization, calibration, config.with_decoder)
+            mixed = None
+            if quantization == "mixed":
+                data, mixed = convert_mixed(model, calibration, source_card, config.with_decoder, log)
+            else:
+                data = convert_tflite(model, quantization, calibration, config.with_decoder)
             path = os.path.join(output_dir, f"{stem}_{QUANT_NAMES[quantization]}{suffix}.tflite")
             inputs, outputs = tflite_io(data)
             card = card_of("tflite", quantization, config.with_decoder, inputs,
-                           label_outputs(outputs, config.with_decoder))
+                           label_outputs(outputs, config.with_decoder), tflite_facts(data), mixed)
             write_bytes_atomic(path, embed_in_tflite(data, card))
             add(path, card, time.time() - started)
 

@@ -1,18 +1,27 @@
-"""`python -m export.verify`: what each exported variant cost, next to the float Keras model.
+"""`python -m export.verify`: what each exported variant cost, next to the float Keras model,
+and whether each file is what its card says.
 
     python -m export.verify --models exported/ --tfrecords records/ [--split val] [--json OUT]
 
 For the source `.keras` model (found through `export_manifest.json`) and every variant listed
-there: file size (and its ratio to the float32 TFLite file), PCK on the split's records
-(`model.evaluation.evaluate_model`, DARK refinement, exactly as evaluation scores it), the
-largest absolute heatmap difference from the Keras model on the same eval crops, and the
-median single-image CPU latency (TFLite at 1 and 2 interpreter threads; Keras and SavedModel
-with TensorFlow's default threads; ONNX, if onnxruntime is installed, with its defaults).
-Heatmap differences use the first `diff_examples` crops (256). Every model is scored with the
-model card it carries. Models ending in the decoder (`--with_decoder`) are scored through their
-own coordinates (mapped back to the image like any prediction), against the float model
-decoded the same way ('quarter'); their "max diff" is in crop pixels. Prints one table and
-writes the rows as json (default `<models>/verify.json`).
+there: file size (and its ratio to the float32 TFLite file), PCK and mean keypoint error (image
+pixels) on the split's records (`model.evaluation.evaluate_model`, DARK refinement, exactly as
+evaluation scores it; torso PCK@0.2 too where the skeleton has a torso), the keypoints' mean
+and largest distance from the float Keras model's on the same eval crops (crop pixels), the
+largest absolute heatmap difference, and the median single-image CPU latency (TFLite at 1 and
+2 interpreter threads; Keras and SavedModel with TensorFlow's default threads; ONNX, if
+onnxruntime is installed, with its defaults). All latencies are measured in one pass after the
+scoring, the models taking turns (`rounds`), so their ratios come from the same conditions.
+Differences use the first `diff_examples` crops (256). Every model is scored with the model
+card it carries. Models ending in the decoder (`--with_decoder`) are scored through their own
+coordinates (mapped back to the image like any prediction), against the float model decoded
+the same way ('quarter'); their "max diff" is in crop pixels.
+
+Every TFLite file is also read (`export.quantize`): whether it is integer-only (no float
+tensor anywhere), whether `tf.lite.experimental.Analyzer` finds it GPU-delegate compatible,
+and what its card claims that it is not (quantization, integer_only, input tensor, raw-pixel
+input). A variant with such a problem is marked FAIL and the exit status is 1. Prints one
+table and writes the rows as json (default `<models>/verify.json`).
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ from export.convert import DECODER_REFINE, MANIFEST_NAME, file_size
 from export.records import RecordsError, load_crops
 
 EVAL_REFINE = "dark"
+METRICS = ("pck", "pck_torso@0.2", "mean_error_px")   # of evaluate_model, kept per row
 
 
 class VerifyError(ValueError):
@@ -46,6 +56,7 @@ class VerifyConfig:
     diff_examples: Optional[int] = 256   # crops for heatmap differences and decoder models
     latency_runs: int = 30               # timed single-image runs (median), after 3 warm-ups
     threads: tuple[int, ...] = (1, 2)    # TFLite interpreter threads to time
+    rounds: int = 5                      # latency_runs split into turns taken by all models
 
 
 def load_manifest(models_dir: str) -> dict:
@@ -72,6 +83,31 @@ def median_latency_ms(fn: Callable[[], object], runs: int, warmup: int = 3) -> f
         fn()
         times.append(time.perf_counter() - started)
     return float(np.median(times) * 1e3)
+
+
+def interleaved_latency_ms(timers: dict, runs: int, rounds: int, warmup: int = 3) -> dict:
+    """Median wall time (ms) of each ``timers[key]()``: every timer warmed up, then
+    ``rounds`` turns in which each timer runs ``runs / rounds`` times, so that load changes on
+    a shared machine hit every model alike."""
+    for fn in timers.values():
+        for _ in range(warmup):
+            fn()
+    times = {key: [] for key in timers}
+    per_turn = max(1, -(-runs // max(1, rounds)))
+    for _ in range(max(1, rounds)):
+        for key, fn in timers.items():
+            for _ in range(per_turn):
+                started = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - started)
+    return {key: float(np.median(t) * 1e3) for key, t in times.items()}
+
+
+def keypoint_distance(coords: np.ndarray, reference: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """(mean, max) distance in crop pixels between two predictions [N, K, 2], over the
+    labelled keypoints (weight > 0)."""
+    dist = np.linalg.norm(coords - reference, axis=-1)[weights > 0]
+    return (float(dist.mean()), float(dist.max())) if dist.size else (0.0, 0.0)
 
 
 def batched(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -104,7 +140,9 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
                        min(limits) if limits else None)
     threshold = pck_threshold_px(card.input_size, card.output_stride)
     ref_heatmaps = batched(reference, crops.images)
-    ref_coords_quarter = np.asarray(card.codec().decode(ref_heatmaps, refine=DECODER_REFINE)[0])
+    codec = card.codec()
+    ref_coords = {refine: np.asarray(codec.decode(ref_heatmaps, refine=refine)[0])
+                  for refine in (EVAL_REFINE, DECODER_REFINE)}
     one = crops.images[:1]
 
     # evaluate_model stops after the batch that reaches max_examples: a divisor as batch size
@@ -112,19 +150,20 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
     batch = max(d for d in range(1, 17) if not config.max_examples or config.max_examples % d == 0)
     scored = {}
 
-    def evaluate(runner, refine: str = EVAL_REFINE) -> float:
+    def evaluate(runner, refine: str = EVAL_REFINE) -> dict:
         metrics = evaluate_model(runner, tfrecords, config.split, refine=refine, batch_size=batch,
                                  max_examples=config.max_examples)
         scored["examples"] = int(metrics["examples"])
-        return float(metrics["pck"])
+        return {k: metrics[k] for k in METRICS if metrics.get(k) is not None}
 
-    float_pck = evaluate(reference)
+    float_metrics = evaluate(reference)
     float_quarter = []
-    rows = [{"name": os.path.basename(source), "format": "keras", "quantization": "float32",
-             "decoder": False, "size_bytes": file_size(source), "pck": float_pck,
-             "float_pck": float_pck, "max_abs_diff": 0.0, "diff_unit": "heatmap",
-             "latency_ms": {"tf": median_latency_ms(lambda: reference(one), config.latency_runs)}}]
-    log(f"{rows[0]['name']}: PCK {float_pck:.4f}")
+    rows = [dict(name=os.path.basename(source), format="keras", quantization="float32",
+                 decoder=False, size_bytes=file_size(source), **float_metrics,
+                 float_pck=float_metrics["pck"], px_vs_float=0.0, px_vs_float_max=0.0,
+                 max_abs_diff=0.0, diff_unit="heatmap")]
+    timers = {(0, "tf"): lambda: reference(one)}
+    log(f"{rows[0]['name']}: PCK {float_metrics['pck']:.4f}")
     skipped = []
     for variant in manifest["variants"]:
         path = os.path.join(models_dir, variant["path"])
@@ -136,31 +175,62 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
             log(f"{variant['name']}: skipped (onnxruntime is not installed)")
             continue
         row["size_bytes"] = file_size(path)
-        runner, timers = open_variant(path, variant, config.threads)
+        runner, variant_timers = open_variant(path, variant, config.threads)
         if runner.decodes:
             coords = batched(lambda x, r=runner: r.keypoints(x)[0], crops.images)
             if not float_quarter:    # the float model decoded as the decoder does
-                float_quarter.append(evaluate(reference, DECODER_REFINE))
-            row.update(pck=evaluate(runner), float_pck=float_quarter[0],
-                       max_abs_diff=float(np.abs(coords - ref_coords_quarter).max()),
+                float_quarter.append(evaluate(reference, DECODER_REFINE)["pck"])
+            row.update(evaluate(runner), float_pck=float_quarter[0],
+                       max_abs_diff=float(np.abs(coords - ref_coords[DECODER_REFINE]).max()),
                        diff_unit="crop px", refine=DECODER_REFINE)
+            reference_coords = ref_coords[DECODER_REFINE]
             time_one = "keypoints"
         else:
             heatmaps = batched(runner, crops.images)
-            row.update(pck=evaluate(runner), float_pck=float_pck,
+            row.update(evaluate(runner), float_pck=float_metrics["pck"],
                        max_abs_diff=float(np.abs(heatmaps - ref_heatmaps).max()),
                        diff_unit="heatmap", refine=EVAL_REFINE)
+            coords = np.asarray(codec.decode(heatmaps, refine=EVAL_REFINE)[0])
+            reference_coords = ref_coords[EVAL_REFINE]
             time_one = "__call__"
-        row["latency_ms"] = {k: median_latency_ms(lambda r=r: getattr(r, time_one)(one), config.latency_runs)
-                             for k, r in timers.items()}
+        row["px_vs_float"], row["px_vs_float_max"] = keypoint_distance(coords, reference_coords,
+                                                                       crops.weights)
+        if variant["format"] == "tflite":
+            row.update(inspect_tflite(path, runner.card))
+        index = len(rows)
+        for key, r in variant_timers.items():
+            timers[(index, key)] = lambda r=r, m=time_one: getattr(r, m)(one)
         rows.append(row)
-        log(f"{row['name']}: PCK {row['pck']:.4f} (float {row['float_pck']:.4f}), max diff "
-            f"{row['max_abs_diff']:.4f} {row['diff_unit']}")
+        status = f"; FAIL: {'; '.join(row['problems'])}" if row.get("problems") else ""
+        log(f"{row['name']}: PCK {row['pck']:.4f} (float {row['float_pck']:.4f}), keypoints "
+            f"{row['px_vs_float']:.2f} px from float, max diff {row['max_abs_diff']:.4f} "
+            f"{row['diff_unit']}{status}")
+    log(f"timing {len(timers)} model/thread settings, {config.latency_runs} runs each in "
+        f"{config.rounds} turns")
+    latencies = interleaved_latency_ms(timers, config.latency_runs, config.rounds)
+    for row in rows:
+        row["latency_ms"] = {}
+    for (index, key), value in latencies.items():
+        rows[index]["latency_ms"][key] = value
     add_ratios(rows)
     return {"models": os.path.abspath(models_dir), "tfrecords": os.path.abspath(tfrecords),
             "split": config.split, "examples": scored["examples"],
             "diff_examples": int(len(crops.images)), "pck_threshold_px": threshold, "rows": rows,
-            "skipped": skipped}
+            "skipped": skipped, "failed": [r["name"] for r in rows if r.get("problems")]}
+
+
+def inspect_tflite(path: str, card) -> dict:
+    """integer_only, the GPU-delegate check and the card's false claims of one TFLite file."""
+    from export.quantize import claim_problems, gpu_compatibility, tflite_facts
+    with open(path, "rb") as f:
+        data = f.read()
+    facts = tflite_facts(data)
+    gpu = gpu_compatibility(data)
+    problems = claim_problems(card, facts) if card is not None else ["carries no model card"]
+    return {"integer_only": facts["integer_only"], "float_tensors": facts["float_tensors"],
+            "activation_types": sorted(t.lower() for t in facts["activation_types"]),
+            "input": facts["input"], "ops": facts["ops"], "gpu_compatible": gpu["compatible"],
+            "gpu_warnings": gpu["warnings"], "problems": problems}
 
 
 def open_variant(path: str, variant: dict, threads: tuple[int, ...]):
@@ -189,25 +259,40 @@ def add_ratios(rows: list[dict]) -> None:
 
 def format_table(report: dict) -> str:
     threads = sorted({k for r in report["rows"] for k in r["latency_ms"]})
-    header = ["model", "format", "quant", "size MB", "x f32", "PCK", "float PCK", "dPCK",
-              "max |diff|"] + [f"ms {k}" for k in threads]
+    torso = any("pck_torso@0.2" in r for r in report["rows"])
+    header = (["model", "format", "quant", "size MB", "x f32", "PCK", "float PCK", "dPCK"]
+              + (["torso@0.2"] if torso else [])
+              + ["err px", "px vs f32", "max |diff|"] + [f"ms {k}" for k in threads]
+              + [f"x f32 {k}" for k in threads if k.endswith("t")] + ["int-only", "GPU", "card"])
     lines = []
     for r in report["rows"]:
         ratio = r.get("size_ratio")
         diff = f"{r['max_abs_diff']:.4f}" + (" px" if r["diff_unit"] == "crop px" else "")
-        lines.append([r["name"], r["format"], r["quantization"] + ("+dec" if r["decoder"] else ""),
-                      f"{r['size_bytes'] / 1e6:.3f}", f"{ratio:.3f}" if ratio is not None else "-",
-                      f"{r['pck']:.4f}", f"{r['float_pck']:.4f}", f"{r['pck'] - r['float_pck']:+.4f}",
-                      diff] + [f"{r['latency_ms'][k]:.2f}" if k in r["latency_ms"] else "-"
-                               for k in threads])
+        tflite = r["format"] == "tflite"
+        lines.append(
+            [r["name"], r["format"], r["quantization"] + ("+dec" if r["decoder"] else ""),
+             f"{r['size_bytes'] / 1e6:.3f}", f"{ratio:.3f}" if ratio is not None else "-",
+             f"{r['pck']:.4f}", f"{r['float_pck']:.4f}", f"{r['pck'] - r['float_pck']:+.4f}"]
+            + ([f"{r['pck_torso@0.2']:.4f}" if "pck_torso@0.2" in r else "-"] if torso else [])
+            + [f"{r['mean_error_px']:.2f}" if "mean_error_px" in r else "-",
+               f"{r['px_vs_float']:.2f}", diff]
+            + [f"{r['latency_ms'][k]:.2f}" if k in r["latency_ms"] else "-" for k in threads]
+            + [f"{r['latency_ratio'][k]:.2f}" if k in r.get("latency_ratio", {}) else "-"
+               for k in threads if k.endswith("t")]
+            + ([("yes" if r["integer_only"] else "no"), ("ok" if r["gpu_compatible"] else "no"),
+                ("FAIL" if r["problems"] else "ok")] if tflite else ["-", "-", "-"]))
     widths = [max(len(str(row[i])) for row in [header] + lines) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
     title = (f"{report['split']} split of {report['tfrecords']}: PCK on {report['examples']} "
-             f"examples (threshold {report['pck_threshold_px']:.2f} crop px); differences and "
-             f"decoder models (+dec) on the first {report['diff_examples']}; latency = median single "
-             f"image (t = TFLite interpreter threads, tf = TensorFlow default threads, ort = "
-             f"onnxruntime default threads)")
-    return "\n".join([title, fmt.format(*header)] + [fmt.format(*row) for row in lines])
+             f"examples (threshold {report['pck_threshold_px']:.2f} crop px; err px: mean keypoint "
+             f"error in image pixels); differences from the float model ('px vs f32': mean keypoint "
+             f"distance, crop px) and decoder models (+dec) on the first {report['diff_examples']}; "
+             f"latency = median single image, all models timed in turns (t = TFLite interpreter "
+             f"threads, tf = TensorFlow default threads, ort = onnxruntime default threads); "
+             f"int-only: no float tensor in the file; GPU: tf.lite.experimental.Analyzer's "
+             f"GPU-delegate check; card: the file is what its card says")
+    failures = [f"FAIL {r['name']}: {p}" for r in report["rows"] for p in r.get("problems", [])]
+    return "\n".join([title, fmt.format(*header)] + [fmt.format(*row) for row in lines] + failures)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -220,10 +305,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--diff_examples", type=int, default=VerifyConfig.diff_examples,
                    help="crops for heatmap differences and decoder models (default 256)")
     p.add_argument("--latency_runs", type=int, default=VerifyConfig.latency_runs)
+    p.add_argument("--rounds", type=int, default=VerifyConfig.rounds,
+                   help="turns the models take at timing (default 5)")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     config = VerifyConfig(split=args.split, max_examples=args.max_examples,
-                          diff_examples=args.diff_examples, latency_runs=args.latency_runs)
+                          diff_examples=args.diff_examples, latency_runs=args.latency_runs,
+                          rounds=args.rounds)
     try:
         report = verify_exports(args.models, args.tfrecords, config)
     except (FileNotFoundError, VerifyError, RecordsError) as e:
@@ -233,6 +321,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = args.json or os.path.join(args.models, "verify.json")
     atomic_write_json(out, report)
     print(f"report: {out}")
+    if report["failed"]:
+        print(f"error: {len(report['failed'])} file(s) are not what their model card says: "
+              f"{', '.join(report['failed'])}; re-export them with python -m export",
+              file=sys.stderr)
+        return 1
     return 0
 
 

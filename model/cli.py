@@ -56,71 +56,6 @@ def _dataset_info(tfrecords: str) -> dict:
         raise UsageError(str(e)) from e
 
 
-def _records_from_dataset_path(args) -> str:
-    """Convert the original project's dataset folder into DATASET_PATH/tfrecords; reuse those
-    records while they still match their source (annotations.json's sha256, the keypoint
-    definition, the shards' listed sizes), otherwise rebuild them, printing one line why."""
-    root = args.dataset_path
-    annotations = os.path.join(root, "annotations.json")
-    images = os.path.join(root, "images")
-    if not os.path.isfile(annotations) or not os.path.isdir(images):
-        raise UsageError(f"--dataset_path {root} must hold annotations.json and images/")
-    if not args.classes_path:
-        raise UsageError("--dataset_path needs --classes_path (the keypoint names of annotations.json)")
-    cache = os.path.join(root, "tfrecords")
-    try:
-        spec = load_keypoint_spec(args.classes_path, args.matchpoint_path, args.skeleton_path)
-    except KeypointSpecError as e:
-        raise UsageError(str(e)) from e
-    reason = _stale_cache_reason(cache, annotations, spec)
-    if reason is None:
-        return cache
-    from pipeline.convert import ConversionError, convert_dataset
-    from pipeline.records import INFO_NAME, JOURNAL_NAME, SHARD_RE
-    print(f"{reason}: converting {annotations} to TFRecords in {cache}", flush=True)
-    if os.path.isdir(cache):          # only what the converter wrote there: info, journal, shards
-        import re
-        for name in sorted(os.listdir(cache)):
-            if name in (INFO_NAME, JOURNAL_NAME) or re.fullmatch(SHARD_RE + r"(\.tmp-\d+)?", name):
-                os.remove(os.path.join(cache, name))
-    try:
-        convert_dataset("custom", annotations, images, cache, spec=spec)
-    except (ConversionError, KeypointSpecError) as e:
-        raise UsageError(str(e)) from e
-    return cache
-
-
-def _stale_cache_reason(cache: str, annotations: str, spec: KeypointSpec) -> Optional[str]:
-    """Why the records cached in `cache` cannot be reused for `annotations` and `spec`, or None."""
-    from pipeline.records import RecordsError, read_dataset_info, sha256_file, split_files
-    if not os.path.isdir(cache):
-        return "no cached records yet"
-    try:
-        info = read_dataset_info(cache)
-        for split in info.get("splits") or {}:
-            if info["counts"].get(split):
-                split_files(cache, split, info)
-    except RecordsError as e:
-        return f"the cached records are unusable ({e})"
-    sources = [entry.get("source") or {} for entry in (info.get("splits") or {}).values()]
-    stored = [src.get("annotations_fingerprint") for src in sources]
-    if not stored or any(fp is None for fp in stored):
-        return "the cached records do not record which annotations.json they came from"
-    now = os.stat(annotations)
-    digest = sha256_file(annotations)
-    if any(fp["size"] != now.st_size or fp["sha256"] != digest for fp in stored):
-        return (f"{annotations} changed since the cached records were written ({stored[0]['size']} -> "
-                f"{now.st_size} bytes, sha256 differs)")
-    try:
-        cached = KeypointSpec.from_dict(info, os.path.join(cache, "dataset_info.json"))
-    except (KeyError, KeypointSpecError):
-        return "its dataset_info.json holds no valid keypoint definition"
-    if cached.to_dict() != spec.to_dict():
-        return ("the keypoint files (--classes_path, --matchpoint_path, --skeleton_path, "
-                "--sigmas_path) changed")
-    return None
-
-
 def parser_config(args, input_size, crop_mode: str, augment: bool):
     from pipeline.parser import ParserConfig
     overrides = {name: getattr(args, name) for name in ("sigma", "rotated_sampler")
@@ -137,12 +72,18 @@ def train(args) -> dict:
     from model.hourglass import HourglassConfig
     from model.trainer import LogDirError, TrainConfig, Trainer, write_run_config
 
-    if bool(args.tfrecords) == bool(args.dataset_path):
-        raise UsageError("give exactly one of --tfrecords DIR or --dataset_path DIR")
+    if not args.tfrecords:
+        raise UsageError("give --tfrecords DIR (or --dataset_path DIR, which run.py converts first)")
     h, w = args.model_image_size
     if h % 32 or w % 32:
         raise UsageError(f"--model_image_size {h}x{w}: height and width must be multiples of 32")
-    tfrecords = args.tfrecords or _records_from_dataset_path(args)
+    tfrecords = args.tfrecords
+    if getattr(args, "data_service", None):     # before any work: the service would wait forever
+        from pipeline.data_service import DataServiceError, check_dispatcher
+        try:
+            check_dispatcher(args.data_service)
+        except DataServiceError as e:
+            raise UsageError(str(e)) from e
     info = _dataset_info(tfrecords)
     spec = resolve_spec(args, info)
     try:
@@ -159,7 +100,8 @@ def train(args) -> dict:
             mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
             foreground_weight=args.foreground_weight,
             weights_path=args.weights_path, profile_steps=args.profile_steps, verbose=not args.quiet,
-            overwrite_log_dir=getattr(args, "overwrite_log_dir", False))
+            overwrite_log_dir=getattr(args, "overwrite_log_dir", False),
+            data_service=getattr(args, "data_service", None))
         cfg.validate()
     except ValueError as e:
         raise UsageError(str(e)) from e
@@ -251,10 +193,18 @@ def evaluate(args) -> dict:
 
 
 def predict(args) -> dict:
-    from model.predict import run_demo
+    from model.predict import PipelinePredictor, pipeline_runner, run_demo
     from model.predictor import Predictor
 
-    runner = _load_runner(args.model_path)
+    video_flags = _video_flags(args)      # flag mistakes before the model is loaded
+    try:
+        pipeline = pipeline_runner(args.model_path)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if pipeline is not None and (args.refine or args.flip_test):
+        raise UsageError(f"{args.model_path} is a frame -> keypoints pipeline with its decoder "
+                         f"inside: --refine and --flip_test do not apply; drop them")
+    runner = pipeline or _load_runner(args.model_path)
     spec = None
     if args.classes_path:
         spec = resolve_spec(args, None)
@@ -273,10 +223,58 @@ def predict(args) -> dict:
     if spec is not None and spec.num_keypoints != runner.num_keypoints:
         raise UsageError(f"{args.model_path} predicts {runner.num_keypoints} keypoints but the "
                          f"classes file names {spec.num_keypoints}")
+    if video_flags["track"] and runner.num_keypoints < 2:
+        raise UsageError(f"--track follows the box of a subject's keypoints; {args.model_path} "
+                         f"predicts {runner.num_keypoints}: use --bbox instead")
+    if pipeline is not None and runner.card is None:
+        raise UsageError(f"{args.model_path} carries no model card; export it again with "
+                         f"python -m export --full_pipeline")
     card = _card_with_flags(args, runner, spec)
-    predictor = Predictor(runner, card, refine=args.refine, flip_test=args.flip_test)
+    if pipeline is not None:    # it crops the box, decodes and maps back itself
+        predictor = PipelinePredictor(pipeline, card.keypoints)
+    else:
+        predictor = Predictor(runner, card, refine=args.refine, flip_test=args.flip_test)
     try:
         return run_demo(predictor, args.input, args.output, bbox=args.bbox,
-                        conf_threshold=args.conf_threshold, max_frames=args.max_frames)
+                        conf_threshold=args.conf_threshold, max_frames=args.max_frames,
+                        **video_flags)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from e
+
+
+def _video_flags(args) -> dict:
+    """run_demo's tracking, smoothing, CSV and box-drawing arguments from the predict flags;
+    UsageError for a flag without the one it tunes, or a value out of range."""
+    from model.tracking import DEFAULT_TRACK_THRESHOLD, OneEuroSettings
+    track = getattr(args, "track", False)
+    smooth = getattr(args, "smooth", False)
+    threshold = getattr(args, "track_threshold", None)
+    if threshold is not None and not track:
+        raise UsageError("--track_threshold tunes --track; add --track (or drop it)")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise UsageError(f"--track_threshold {threshold}: a mean confidence between 0 and 1 "
+                         f"(exclusive), e.g. 0.5")
+    tuned = {name: getattr(args, name, None) for name in ("min_cutoff", "beta")}
+    given = [f"--{name}" for name, value in tuned.items() if value is not None]
+    if given and not smooth:
+        raise UsageError(f"{' and '.join(given)} tune{'s' if len(given) == 1 else ''} --smooth; "
+                         f"add --smooth (or drop {' and '.join(given)})")
+    settings = None
+    if smooth:
+        try:
+            settings = OneEuroSettings(**{k: v for k, v in tuned.items() if v is not None})
+        except ValueError as e:
+            raise UsageError(f"--smooth: {e} (--min_cutoff > 0 Hz, --beta >= 0)") from e
+    if getattr(args, "draw_box", False) and not (track or args.bbox):
+        raise UsageError("--draw_box draws the box frames are read from: add --track or --bbox")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UsageError(f"--max_frames {args.max_frames}: give a positive number of frames")
+    if getattr(args, "csv", None):
+        from model.predict import csv_output_path
+        try:
+            csv_output_path(args.input, args.csv, args.output)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+    return {"track": track, "track_threshold": threshold or DEFAULT_TRACK_THRESHOLD,
+            "smooth": settings, "csv": getattr(args, "csv", None),
+            "draw_box": getattr(args, "draw_box", False)}

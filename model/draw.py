@@ -45,3 +45,20 @@ def heatmap_overlay(image: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
     peak = cv2.resize(peak, (w, h), interpolation=cv2.INTER_LINEAR)
     coloured = cv2.applyColorMap((peak * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
     return (0.5 * np.asarray(image, np.float32) + 0.5 * coloured).astype(np.uint8)
+
+
+TRACKED_RGB = (0, 220, 0)      # a box read from the previous frame's keypoints (or --bbox)
+SEARCH_RGB = (255, 170, 0)     # the initial / fallback box of a search
+
+
+def draw_box(image: np.ndarray, box, tracked: bool = True,
+             thickness: Optional[int] = None) -> np.ndarray:
+    """A copy of an RGB uint8 image with the box (x, y, w, h in the project's pixel
+    convention, ``pipeline.coords``) outlined: green when `tracked`, orange for a search."""
+    out = np.ascontiguousarray(np.array(image, dtype=np.uint8, copy=True))
+    h, w = out.shape[:2]
+    t = thickness or max(1, int(round(min(h, w) / 240)))
+    x, y, bw, bh = (float(v) for v in box)
+    cv2.rectangle(out, _fixed((x, y)), _fixed((x + bw, y + bh)),
+                  TRACKED_RGB if tracked else SEARCH_RGB, t, cv2.LINE_AA, _SHIFT)
+    return out

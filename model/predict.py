@@ -4,17 +4,61 @@ Frames are read with OpenCV (BGR) and converted to RGB before the model sees the
 --bbox the whole frame is letterboxed to the model's aspect ratio (never stretched); the crop
 uses the same affine and warp as training, and predictions go back through its inverse
 (``model.predictor.Predictor``, with the model card's crop and codec).
+
+With ``track`` each frame (a video's, a webcam's or a folder's, in name order) is read from
+the box of the previous frame's confident keypoints (``model.tracking.Tracker``); with
+``smooth`` the keypoints go through a One-Euro filter (``model.tracking.OneEuroFilter``) in
+frame pixels, at the input's frame rate. A CSV (frame, keypoint, x, y, confidence) can be
+written beside the drawings.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import cv2
 import numpy as np
 
 from model.predictor import Predictor
+from model.tracking import (
+    DEFAULT_TRACK_THRESHOLD,
+    OneEuroFilter,
+    OneEuroSettings,
+    Tracker,
+    smooth_step,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelinePredictor:
+    """What run_demo needs of a predictor, for a model that crops, decodes and maps back by
+    itself (a one-file pipeline, ``model.runner.PipelineRunner``): ``run(frame, box)`` ->
+    (keypoints [K, 2] in frame pixels, confidence [K]), box None for the whole frame."""
+
+    run: Callable
+    spec: object          # configs.KeypointSpec: names and skeleton to draw
+
+    def predict_image(self, image_rgb: np.ndarray, bbox=None) -> tuple[np.ndarray, np.ndarray]:
+        keypoints, confidence = self.run(image_rgb, bbox)
+        return np.asarray(keypoints, np.float64), np.asarray(confidence, np.float64)
+
+
+def pipeline_runner(path: str):
+    """A ``model.runner.PipelineRunner`` when `path` is a frame -> keypoints pipeline .tflite
+    (two inputs, image and box: ``python -m export --full_pipeline``), else None (any other
+    model, or a file ``model.runner.load_runner`` will name the problem of). ValueError
+    naming the file for a pipeline that cannot be run."""
+    if not (path.endswith(".tflite") and os.path.isfile(path)):
+        return None
+    try:
+        from model.runner import PipelineRunner, open_interpreter
+        inputs = len(open_interpreter(path).get_input_details())
+    except Exception:  # noqa: BLE001 - no pipeline support here, or unreadable: load_runner says why
+        return None
+    return PipelineRunner(path) if inputs == 2 else None
+
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -82,6 +126,48 @@ def video_output_path(source: str, output: str) -> str:
     return output
 
 
+def csv_output_path(source: str, csv_path: str, output: Optional[str]) -> str:
+    """`csv_path` checked: a .csv name that is neither the input nor --output."""
+    if os.path.splitext(csv_path)[1].lower() != ".csv":
+        raise ValueError(f"--csv {csv_path}: the keypoint table is written as CSV; end the name "
+                         f"in .csv")
+    if os.path.isdir(csv_path):
+        raise ValueError(f"--csv {csv_path} is a folder; give a file name ending in .csv")
+    if not source.isdigit() and os.path.exists(source) and _same_file(source, csv_path):
+        raise ValueError(f"--csv {csv_path} is the input; give another file name "
+                         f"(inputs are never overwritten)")
+    if output and (os.path.realpath(output) == os.path.realpath(csv_path)):
+        raise ValueError(f"--csv {csv_path} is also --output; give them different names")
+    return csv_path
+
+
+class _CsvWriter:
+    """Rows (frame, keypoint, x, y, confidence) into a temporary file, renamed to `path`
+    only by ``finish``; ``discard`` removes the temporary file."""
+
+    HEADER = "frame,keypoint,x,y,confidence\n"
+
+    def __init__(self, path: str, names):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path, self.names, self.tmp = path, list(names), _tmp_name(path)
+        self.file = open(self.tmp, "w", encoding="utf-8", newline="")
+        self.file.write(self.HEADER)
+
+    def write(self, frame, keypoints: np.ndarray, confidence: np.ndarray) -> None:
+        self.file.write("".join(f"{frame},{name},{x:.3f},{y:.3f},{c:.4f}\n" for name, (x, y), c
+                                in zip(self.names, keypoints, confidence)))
+
+    def finish(self) -> str:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self.file.close()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
 def _video_frames(capture) -> Iterator[tuple[str, np.ndarray]]:
     index = 0
     while True:
@@ -117,18 +203,33 @@ def _write_image(path: str, bgr: np.ndarray) -> None:
             os.remove(tmp)
 
 
-def run_demo(predictor: Predictor, source: str, output: Optional[str], *, bbox=None,
-             conf_threshold: float = 0.1, max_frames: Optional[int] = None) -> dict:
-    """Predict on every frame of `source`; write drawn images or a video to `output`.
+def run_demo(predictor: Predictor | PipelinePredictor, source: str, output: Optional[str], *, bbox=None,
+             conf_threshold: float = 0.1, max_frames: Optional[int] = None, track: bool = False,
+             track_threshold: float = DEFAULT_TRACK_THRESHOLD,
+             smooth: Optional[OneEuroSettings] = None, csv: Optional[str] = None,
+             draw_box: bool = False) -> dict:
+    """Predict on every frame of `source`; write drawn images or a video to `output` and, with
+    `csv`, the keypoints as a table (frame: the video frame index or the image file name;
+    keypoint name; x, y in frame pixels, pixel centres at +0.5; confidence).
 
-    Promises: no input file is ever overwritten (ValueError before any work); images are
-    written atomically; a video keeps the input's frame rate (DEFAULT_FPS when it reports
-    none) and is written to a temporary name, renamed only when complete; unreadable images
-    are skipped and listed in "skipped"; ValueError when no frame could be processed."""
+    `track`: follow the subject from frame to frame (``model.tracking.Tracker``; `bbox`, else
+    the whole frame, is where it searches); `smooth`: One-Euro filter the keypoints
+    (``model.tracking.smooth_step`` when tracking: held while the subject is lost, restarted
+    when a search finds it); `draw_box`: draw the box each frame was read from.
+
+    Promises: no input file is ever overwritten (ValueError before any work); images and the
+    CSV are written atomically; a video keeps the input's frame rate (DEFAULT_FPS when it
+    reports none) and is written to a temporary name, renamed only when complete; unreadable
+    images are skipped and listed in "skipped"; ValueError when no frame could be processed.
+    "predictions" holds each frame's keypoints (smoothed when smoothing, the model's in
+    "raw_keypoints"), and with tracking its "box" and "status"; "tracking" counts statuses."""
+    from model.draw import draw_box as draw_box_on
     from model.draw import draw_skeleton
 
     video = _is_video(source)
     capture, fps, expected, paths, outputs = None, None, 0, [], []
+    if csv:
+        csv_output_path(source, csv, output)
     if video:
         out_video = video_output_path(source, output) if output else None
         capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
@@ -142,17 +243,38 @@ def run_demo(predictor: Predictor, source: str, output: Optional[str], *, bbox=N
         paths = _input_images(source)
         outputs = image_output_paths(source, paths, output) if output else []
         frames = _image_frames(paths)
+    predict = predictor.predict_image
+    tracker = Tracker(predict, track_threshold, init_box=bbox) if track else None
+    smoother = OneEuroFilter(smooth, conf_threshold) if smooth else None
+    rate = fps or DEFAULT_FPS
     writer, tmp_video, written, skipped, count, started = None, None, [], [], 0, time.time()
+    table = _CsvWriter(csv, predictor.spec.names) if csv else None
     predictions = []
     try:
         for i, (name, frame) in enumerate(frames):
             if frame is None:
                 skipped.append(name)
                 continue
-            kps, conf = predictor.predict_image(frame, bbox=bbox)
-            predictions.append({"frame": os.path.basename(name), "keypoints": kps.round(2).tolist(),
-                                "confidence": conf.round(4).tolist()})
+            entry = {"frame": os.path.basename(name)}
+            if tracker is not None:
+                step = tracker.step(frame)
+                kps, conf, box = step.keypoints, step.confidence, step.box
+                entry.update(box=None if box is None else [round(v, 2) for v in box],
+                             status=step.status)
+            else:
+                kps, conf = predict(frame, bbox)
+                kps, conf, box = np.asarray(kps, np.float64), np.asarray(conf, np.float64), bbox
+            if smoother is not None:
+                entry["raw_keypoints"] = kps.round(2).tolist()
+                kps = (smooth_step(smoother, i / rate, step) if tracker is not None
+                       else smoother(i / rate, kps, conf))
+            entry.update(keypoints=kps.round(2).tolist(), confidence=conf.round(4).tolist())
+            predictions.append(entry)
+            if table is not None:
+                table.write(i if video else os.path.basename(name), kps, conf)
             drawn = draw_skeleton(frame, kps, conf >= conf_threshold, predictor.spec)
+            if draw_box and box is not None:
+                drawn = draw_box_on(drawn, box, tracked=tracker is None or step.status == "tracked")
             bgr = np.ascontiguousarray(drawn[..., ::-1])
             if video and output:
                 if writer is None:
@@ -178,11 +300,16 @@ def run_demo(predictor: Predictor, source: str, output: Optional[str], *, bbox=N
                 raise ValueError(f"cannot write the video {out_video}: OpenCV wrote nothing")
             os.replace(tmp_video, out_video)
             written.append(out_video)
+        if table is not None and count:
+            written.append(table.finish())
+            table = None
     finally:
         if writer is not None:
             writer.release()
         if tmp_video and os.path.exists(tmp_video):
             os.remove(tmp_video)
+        if table is not None:
+            table.discard()
         if capture is not None:
             capture.release()
     seconds = time.time() - started
@@ -194,6 +321,9 @@ def run_demo(predictor: Predictor, source: str, output: Optional[str], *, bbox=N
     if video and expected and not max_frames and count < expected:
         notes.append(f"read {count} of the {expected} frames {source} reports (the rest could "
                      f"not be decoded)")
-    return {"frames": count, "outputs": written, "seconds": round(seconds, 2),
-            "fps": round(count / seconds, 2) if seconds > 0 else None, "predictions": predictions,
-            "skipped": skipped, "video_fps": fps if video else None, "notes": notes}
+    result = {"frames": count, "outputs": written, "seconds": round(seconds, 2),
+              "fps": round(count / seconds, 2) if seconds > 0 else None, "predictions": predictions,
+              "skipped": skipped, "video_fps": fps if video else None, "notes": notes}
+    if tracker is not None:
+        result["tracking"] = dict(tracker.counts)
+    return result

@@ -47,7 +47,7 @@ IDENTITY_VERSION = 2
 # compilation and --rotated_sampler. Everything else in TrainConfig is the run's identity.
 RESUMABLE_SETTINGS = ("tfrecords", "log_dir", "total_epoch", "steps_per_loop", "checkpoint_steps",
                       "jit_compile", "keep_best", "num_summary_images", "profile_steps",
-                      "verbose", "overwrite_log_dir")
+                      "verbose", "overwrite_log_dir", "data_service")
 
 
 def run_identity(cfg: TrainConfig, spec: KeypointSpec, info: dict, steps_per_epoch: int) -> dict:

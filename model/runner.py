@@ -5,7 +5,8 @@ stack's heatmaps [B, H/s, W/s, K] (float32 numpy) from ``__call__``; a model exp
 its decoder (``--with_decoder``) has ``decodes = True`` and returns (keypoints [B, K, 2] in
 crop pixels, confidence [B, K]) from ``keypoints``. ``runner.card`` is the model card read
 from the file (``model.card``), None for a file that carries none. The LiteRT interpreter is
-set up in one place (``open_interpreter``).
+set up in one place (``open_interpreter``). A frame -> keypoints file (``python -m export
+--full_pipeline``) is not a crop model: ``PipelineRunner`` takes a frame and a box.
 """
 from __future__ import annotations
 
@@ -160,6 +161,12 @@ class TFLiteRunner(Runner):
     def __init__(self, path: str, num_threads: Optional[int] = None):
         self.path = path
         self.interpreter = open_interpreter(path, num_threads)
+        if len(self.interpreter.get_input_details()) != 1:
+            raise ModelFileError(f"{path}: a frame -> keypoints pipeline (inputs image and box, "
+                                 f"python -m export --full_pipeline), not a crop model: run.py "
+                                 f"predict and model.runner.PipelineRunner take it; eval and "
+                                 f"verify take the crop models python -m export writes without "
+                                 f"--full_pipeline")
         self._in = self.interpreter.get_input_details()[0]
         outs = self.interpreter.get_output_details()
         heat = [o for o in outs if len(o["shape"]) == 4]
@@ -276,3 +283,48 @@ def load_runner(path: str, num_threads: Optional[int] = None) -> Runner:
         raise ModelFileError(f"{path}: cannot be read as a {kind} ({type(e).__name__}: {detail}); "
                              f"pass a model written by run.py train or python -m export") from e
 
+
+class PipelineRunner:
+    """A frame -> keypoints `.tflite` (``python -m export --full_pipeline``): one RGB frame
+    uint8 [h, w, 3] of at most the exported H x W (padded at its bottom and right here, as
+    device code does) and a box (x, y, w, h; None: the whole frame) -> (keypoints [K, 2] in
+    frame pixels, confidence [K]). Not a crop runner: eval and verify feed crops."""
+
+    kind = "tflite_pipeline"
+
+    def __init__(self, path: str, num_threads: Optional[int] = None):
+        self.path = path
+        self.interpreter = open_interpreter(path, num_threads)
+        inputs = {len(d["shape"]): d for d in self.interpreter.get_input_details()}
+        outputs = {len(d["shape"]): d for d in self.interpreter.get_output_details()}
+        if set(inputs) != {2, 4} or set(outputs) != {2, 3}:
+            raise ModelFileError(f"{path}: not a frame -> keypoints pipeline (inputs image [1, H, "
+                                 f"W, 3] and box [1, 4], outputs keypoints [1, K, 2] and "
+                                 f"confidence [1, K]); write one with python -m export --full_pipeline")
+        self._image, self._box = inputs[4], inputs[2]
+        self._keypoints, self._confidence = outputs[3], outputs[2]
+        self.frame_size = tuple(int(v) for v in self._image["shape"][1:3])
+        self.num_keypoints = int(self._keypoints["shape"][1])
+        try:
+            self.card, self.card_source = read_card(path)
+        except CardError as e:
+            raise ModelFileError(str(e)) from e
+
+    def __call__(self, frame: np.ndarray, box=None) -> tuple[np.ndarray, np.ndarray]:
+        frame = np.asarray(frame, np.uint8)
+        h, w = frame.shape[:2]
+        if h > self.frame_size[0] or w > self.frame_size[1] or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"{self.path} takes RGB frames of at most {self.frame_size[0]}x"
+                             f"{self.frame_size[1]} (HxW), got {list(frame.shape)}; export it "
+                             f"again with --frame_size {h}x{w} (or larger)")
+        box = np.asarray([0.0, 0.0, w, h] if box is None else box, np.float32).reshape(1, 4)
+        if not np.all(np.isfinite(box)) or box[0, 2] <= 0 or box[0, 3] <= 0:
+            raise ValueError(f"box {box[0].tolist()}: expected x, y, w, h in frame pixels with "
+                             f"w, h > 0 (None: the whole frame)")
+        padded = np.zeros(self.frame_size + (3,), np.uint8)
+        padded[:h, :w] = frame
+        self.interpreter.set_tensor(self._image["index"], padded[None])
+        self.interpreter.set_tensor(self._box["index"], box)
+        self.interpreter.invoke()
+        return (self.interpreter.get_tensor(self._keypoints["index"])[0].astype(np.float32),
+                self.interpreter.get_tensor(self._confidence["index"])[0].astype(np.float32))

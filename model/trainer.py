@@ -104,6 +104,7 @@ class TrainConfig:
     profile_steps: Optional[tuple[int, int]] = None
     verbose: bool = True
     overwrite_log_dir: bool = False           # delete a previous run's outputs in log_dir first
+    data_service: Optional[str] = None        # grpc://HOST:PORT: training input on tf.data service workers
 
     @classmethod
     def smoke(cls, tfrecords: str, log_dir: str, num_keypoints: int) -> "TrainConfig":
@@ -265,11 +266,14 @@ class Trainer:
 
     # ---------------------------------------------------------------- data
     def _dataset_fn(self, pattern: str, training: bool):
+        from pipeline.data_service import job_name_for
         from pipeline.input_reader import InputReader
         reader = InputReader(
             file_pattern=pattern, parser=self.parser, is_training=training,
             global_batch_size=self.cfg.batch_size, seed=self.cfg.seed,
-            shard_by_input_pipeline=training)
+            shard_by_input_pipeline=training,
+            data_service=self.cfg.data_service if training else None,
+            job_name=job_name_for(self.cfg.log_dir))
         return reader
 
     def _distributed(self, pattern: str, training: bool):

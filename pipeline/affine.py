@@ -65,30 +65,31 @@ def _check_mode(crop_mode: str, image_size) -> None:
 
 def crop_matrix(center, scale, padding: float, input_size: Sequence[int], rotation_deg=0.0,
                 flip=False, shift=(0.0, 0.0), vertical_flip=False, crop_mode: str = "box",
-                image_size=None) -> tf.Tensor:
+                image_size=None, dtype: tf.DType = tf.float64) -> tf.Tensor:
     """float32 [3, 3] matrix: original px -> crop px (see the module docstring).
 
     ``crop_mode="frame"`` ignores ``center``/``scale`` and crops the whole image of
     ``image_size`` (h, w) letterboxed. ``flip``/``vertical_flip`` may be bool tensors.
+    ``dtype``: the precision it is computed in; float32 inside graphs that have no float64
+    (a TFLite model, ``export.pipeline_model``).
     """
     _check_mode(crop_mode, image_size)
     if crop_mode == "frame":
         center, scale = frame_center_scale(image_size, padding, input_size)
     in_h, in_w = float(input_size[0]), float(input_size[1])
-    f64 = tf.float64
-    zoom = min(in_h, in_w) / (coords.PIXELS_PER_SCALE * padding * tf.cast(scale, f64))
-    theta = tf.cast(rotation_deg, f64) * (math.pi / 180.0)
+    zoom = min(in_h, in_w) / (coords.PIXELS_PER_SCALE * padding * tf.cast(scale, dtype))
+    theta = tf.cast(rotation_deg, dtype) * (math.pi / 180.0)
     cos, sin = tf.cos(theta) * zoom, tf.sin(theta) * zoom
     # Linear part S·R, R = [[cos, sin], [-sin, cos]] (counter-clockwise as displayed).
     lin = tf.reshape(tf.stack([cos, sin, -sin, cos]), [2, 2])
-    t = (tf.constant([in_w / 2.0, in_h / 2.0], f64) + tf.cast(shift, f64)
-         - tf.linalg.matvec(lin, tf.cast(center, f64)))
+    t = (tf.constant([in_w / 2.0, in_h / 2.0], dtype) + tf.cast(shift, dtype)
+         - tf.linalg.matvec(lin, tf.cast(center, dtype)))
     # Mirrors of the finished crop: x -> W - x, y -> H - y (row 0 / row 1 of the affine).
     mirror = tf.stack([tf.convert_to_tensor(flip), tf.convert_to_tensor(vertical_flip)])
-    sign = tf.where(mirror, tf.constant(-1.0, f64), tf.constant(1.0, f64))
-    t = tf.where(mirror, tf.constant([in_w, in_h], f64) - t, t)
+    sign = tf.where(mirror, tf.constant(-1.0, dtype), tf.constant(1.0, dtype))
+    t = tf.where(mirror, tf.constant([in_w, in_h], dtype) - t, t)
     top = tf.concat([lin * sign[:, tf.newaxis], t[:, tf.newaxis]], 1)
-    return tf.cast(tf.concat([top, tf.constant([[0.0, 0.0, 1.0]], f64)], 0), tf.float32)
+    return tf.cast(tf.concat([top, tf.constant([[0.0, 0.0, 1.0]], dtype)], 0), tf.float32)
 
 
 def transform_points(matrix, points) -> tf.Tensor:

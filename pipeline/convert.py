@@ -61,7 +61,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from configs import KeypointSpec, builtin_paths, load_keypoint_spec
+from configs import KeypointSpec, KeypointSpecError, builtin_paths, load_keypoint_spec
 from pipeline import schema
 from pipeline.records import (
     INFO_NAME,
@@ -73,6 +73,7 @@ from pipeline.records import (
     read_dataset_info,
     sha256_file,
     shard_name,
+    split_files,
     write_json_atomic,
 )
 from pipeline.schema import SCHEMA_VERSION, PersonRecord
@@ -831,3 +832,67 @@ def _read_shard(tf, path: str, features: dict) -> tuple[int, Optional[str]]:
     except tf.errors.OpError as e:
         return count, f"unreadable after {count} records ({type(e).__name__}: {e.message.splitlines()[0]})"
     return count, None
+
+
+# ------------------------------------------------------------------ run.py --dataset_path cache
+
+def records_for_dataset_path(root: str, classes_path: Optional[str], matchpoint_path: Optional[str] = None,
+                             skeleton_path: Optional[str] = None) -> str:
+    """The TFRecords of the original project's dataset folder (`root`/annotations.json and
+    `root`/images), cached in `root`/tfrecords: reused while they match their source
+    (annotations.json's sha256, the keypoint definition, the shards' listed sizes), else
+    rebuilt with one printed line saying why. ConversionError for a bad folder or file."""
+    annotations = os.path.join(root, "annotations.json")
+    images = os.path.join(root, "images")
+    if not os.path.isfile(annotations) or not os.path.isdir(images):
+        raise ConversionError(f"--dataset_path {root} must hold annotations.json and images/")
+    if not classes_path:
+        raise ConversionError("--dataset_path needs --classes_path (the keypoint names of annotations.json)")
+    try:
+        spec = load_keypoint_spec(classes_path, matchpoint_path, skeleton_path)
+    except KeypointSpecError as e:
+        raise ConversionError(str(e)) from e
+    cache = os.path.join(root, "tfrecords")
+    reason = _stale_cache_reason(cache, annotations, spec)
+    if reason is None:
+        return cache
+    print(f"{reason}: converting {annotations} to TFRecords in {cache}", flush=True)
+    if os.path.isdir(cache):          # only what the converter wrote there: info, journal, shards
+        for name in sorted(os.listdir(cache)):
+            if name in (INFO_NAME, JOURNAL_NAME) or re.fullmatch(SHARD_RE + r"(\.tmp-\d+)?", name):
+                os.remove(os.path.join(cache, name))
+    try:
+        convert_dataset("custom", annotations, images, cache, spec=spec)
+    except KeypointSpecError as e:
+        raise ConversionError(str(e)) from e
+    return cache
+
+
+def _stale_cache_reason(cache: str, annotations: str, spec: KeypointSpec) -> Optional[str]:
+    """Why the records cached in `cache` cannot be reused for `annotations` and `spec`, or None."""
+    if not os.path.isdir(cache):
+        return "no cached records yet"
+    try:
+        info = read_dataset_info(cache)
+        for split in info.get("splits") or {}:
+            if info["counts"].get(split):
+                split_files(cache, split, info)
+    except RecordsError as e:
+        return f"the cached records are unusable ({e})"
+    sources = [entry.get("source") or {} for entry in (info.get("splits") or {}).values()]
+    stored = [src.get("annotations_fingerprint") for src in sources]
+    if not stored or any(fp is None for fp in stored):
+        return "the cached records do not record which annotations.json they came from"
+    now = os.stat(annotations)
+    digest = sha256_file(annotations)
+    if any(fp["size"] != now.st_size or fp["sha256"] != digest for fp in stored):
+        return (f"{annotations} changed since the cached records were written ({stored[0]['size']} -> "
+                f"{now.st_size} bytes, sha256 differs)")
+    try:
+        cached = KeypointSpec.from_dict(info, os.path.join(cache, "dataset_info.json"))
+    except (KeyError, KeypointSpecError):
+        return "its dataset_info.json holds no valid keypoint definition"
+    if cached.to_dict() != spec.to_dict():
+        return ("the keypoint files (--classes_path, --matchpoint_path, --skeleton_path, "
+                "--sigmas_path) changed")
+    return None

@@ -19,6 +19,12 @@ the pipeline id and the example's running index. Batches are per replica
 parallelism is AUTOTUNE. The order is non-deterministic unless ``seed`` is given (then the
 same seed gives the same batches).
 
+With ``data_service`` (``grpc://HOST:PORT``, training only) the same pipeline runs on the
+tf.data service's workers (``pipeline.data_service``): one definition for every consumer (not
+sharded by input pipeline: the dispatcher hands each file to one worker), the file order left
+to the dispatcher, each example's seed also folded with a hash of its record (workers count
+their examples independently), batches streamed back per replica.
+
 Eval: files in sorted order, records in file order, every example exactly once, in order,
 the last partial batch kept.
 """
@@ -60,7 +66,8 @@ class InputReader:
                  global_batch_size: int, seed: Optional[int] = None,
                  shard_by_input_pipeline: bool = True, repeat: bool = True,
                  shuffle_buffer: int = 1024, cycle_length: int = 8,
-                 decode_fn: Optional[Callable] = None):
+                 decode_fn: Optional[Callable] = None, data_service: Optional[str] = None,
+                 job_name: str = "hourglass"):
         if global_batch_size <= 0:
             raise ValueError(f"global_batch_size must be > 0, got {global_batch_size}")
         self.files = list_files(file_pattern)
@@ -72,6 +79,8 @@ class InputReader:
         self.shuffle_buffer = shuffle_buffer
         self.cycle_length = cycle_length
         self.decode_fn = decode_fn or getattr(parser, "decode", decoder.decode)
+        self.data_service = data_service if is_training else None
+        self.job_name = job_name
         if hasattr(parser, "parse_train"):
             self.parse_fn = parser.parse_train if is_training else parser.parse_eval
         else:
@@ -86,7 +95,7 @@ class InputReader:
         pipeline_id, num_pipelines, batch = 0, 1, self.global_batch_size
         if input_context is not None:
             batch = input_context.get_per_replica_batch_size(self.global_batch_size)
-            if self.shard_by_input_pipeline:
+            if self.shard_by_input_pipeline and not self.data_service:
                 pipeline_id = input_context.input_pipeline_id
                 num_pipelines = input_context.num_input_pipelines
         if self.is_training:
@@ -99,8 +108,12 @@ class InputReader:
         ds = ds.batch(batch, drop_remainder=self.is_training)
         ds = ds.prefetch(AUTOTUNE)
         options = tf.data.Options()
-        options.deterministic = (not self.is_training) or self.seed is not None
-        return ds.with_options(options)
+        options.deterministic = not self.data_service and ((not self.is_training) or self.seed is not None)
+        ds = ds.with_options(options)
+        if self.data_service:
+            from pipeline.data_service import distribute
+            ds = distribute(ds, self.data_service, self.job_name)
+        return ds
 
     def distribute(self, strategy: tf.distribute.Strategy):
         """Per-replica batches through ``strategy.distribute_datasets_from_function``."""
@@ -117,7 +130,8 @@ class InputReader:
 
     def _train_records(self, pipeline_id: int, num_pipelines: int) -> tf.data.Dataset:
         files, shard_records = self._sharded_files(pipeline_id, num_pipelines)
-        files = files.shuffle(len(self.files), seed=self._seed, reshuffle_each_iteration=True)
+        if not self.data_service:   # the dispatcher orders files itself (a shuffle here repeats them)
+            files = files.shuffle(len(self.files), seed=self._seed, reshuffle_each_iteration=True)
         if self.repeat:
             files = files.repeat()
         ds = files.interleave(tf.data.TFRecordDataset, cycle_length=self.cycle_length,
@@ -132,6 +146,9 @@ class InputReader:
 
         def fn(index, serialized):
             seed = tf.random.experimental.stateless_fold_in(base, index)
+            if self.data_service:
+                seed = tf.random.experimental.stateless_fold_in(
+                    seed, tf.strings.to_hash_bucket_fast(serialized, 2 ** 62))
             return self.parse_fn(self.decode_fn(serialized), seed)
 
         return ds.enumerate().map(fn, num_parallel_calls=AUTOTUNE, deterministic=self.seed is not None)

@@ -16,6 +16,11 @@ and drawn there. Visibility: 2 visible, 1 under the occluder rectangle, 0 outsid
 (stored as 0, 0 as COCO does).
 
     python -m pipeline.synthetic --out DIR --num_train 800 --num_val 100 --seed 0
+
+``render_clip`` renders a video clip with ground truth instead (for the tracking benchmark,
+``benchmarks/video_tracking.py``): one figure of the same look walking round a larger scene,
+frame after frame (``ClipConfig``); its random streams are separate from the images', so the
+dataset above does not change with it.
 """
 from __future__ import annotations
 
@@ -126,6 +131,12 @@ def _sample_figure(rng: np.random.Generator) -> _Figure:
 def _add_face(rng: np.random.Generator, p: dict, r: float) -> None:
     """Eyes, nose and ears on the head circle; a small yaw and roll give it an orientation."""
     yaw, roll = rng.uniform(-0.35, 0.35), math.radians(rng.uniform(-15, 15))
+    _place_face(p, r, yaw, roll)
+
+
+def _place_face(p: dict, r: float, yaw: float, roll: float) -> None:
+    """Eyes, nose and ears on the head circle of radius `r`, turned by `yaw` (-0.35..0.35)
+    and `roll` (radians)."""
     c, s = math.cos(roll), math.sin(roll)
     rot = np.array([[c, -s], [s, c]])
     offsets = {"nose": (0.5 * yaw, 0.22)}
@@ -355,6 +366,146 @@ def render_example(rng: np.random.Generator, image_size: tuple[int, int] = (192,
         _disk(image, q[KEYPOINT_NAMES[marker_index]], max(2.5, 0.3 * fig.widths["thigh"] * px), MARKER_COLOR)
     return SyntheticExample(image=image, keypoints=keypoints, visibility=visibility, bbox=bbox,
                             area=float(mask.sum()), occluded=rect is not None)
+
+
+# --------------------------------------------------------------------------- clips
+
+CLIP_STREAM = 2           # random streams of clips: [seed, CLIP_STREAM, ...] (images use 0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipConfig:
+    """A figure walking round a fixed scene (``render_clip``). Over one lap it walks an
+    ellipse: across the frame and back, farther (smaller, higher) then nearer (larger,
+    lower), turning towards where it walks (its width shrinks by the cosine of the turn),
+    leaning, swinging its limbs and now and then raising its left arm. A vertical pillar
+    in the scene hides what passes behind it."""
+
+    image_size: tuple[int, int] = (480, 640)        # (H, W) of every frame
+    num_frames: int = 300
+    height_fraction: tuple[float, float] = (0.25, 0.45)  # standing height / frame height: far, near
+    sweep: float = 0.33            # horizontal half-range of the walk / frame width (> 0.55: it
+                                   # walks out of the frame and comes back)
+    laps: float = 1.0              # rounds of the path over the clip
+    stride_frames: float = 30.0    # frames per gait cycle
+    max_turn_deg: float = 55.0     # turn (yaw) when walking across
+    max_lean_deg: float = 10.0     # in-plane rotation
+    pillar: bool = True
+    noise: float = 3.0             # sensor noise, grey levels (std), drawn anew every frame
+    clutter_shapes: tuple[int, int] = (4, 12)
+
+
+def _walking_body(rng: np.random.Generator) -> dict:
+    """Proportions of one figure (units of the figure frame, as ``_sample_figure``)."""
+    u = rng.uniform
+    k = u(0.85, 1.15)
+    return {"torso": u(0.26, 0.32), "neck": u(0.03, 0.05), "head_r": u(0.055, 0.075),
+            "shoulder_half": u(0.10, 0.14), "hip_half": u(0.06, 0.09),
+            "upper_arm": u(0.15, 0.19), "forearm": u(0.11, 0.17), "thigh": u(0.20, 0.25),
+            "shin": u(0.16, 0.24),
+            "widths": {"upper_arm": 0.05 * k, "forearm": 0.042 * k, "thigh": 0.066 * k,
+                       "shin": 0.052 * k, "neck": 0.04 * k}}
+
+
+def _walking_pose(body: dict, phase: float, raise_deg: float, turn: float) -> _Figure:
+    """The pose at gait `phase` (radians), left arm raised by `raise_deg`, turned by `turn`
+    (radians): x of every point (the face's too) times cos(turn)."""
+    p = {"neck": np.array([0.0, -body["torso"]])}
+    p["head"] = p["neck"] + np.array([0.0, -(body["neck"] + 0.9 * body["head_r"])])
+    swing = math.sin(phase)
+    for name, side, sign in (("left", 1.0, 1.0), ("right", -1.0, -1.0)):
+        shoulder = p["neck"] + np.array([side * body["shoulder_half"], 0.0])
+        hip = np.array([side * body["hip_half"], 0.0])
+        arm = 14.0 + 16.0 * sign * swing + (raise_deg if name == "left" else 0.0)
+        elbow = shoulder + body["upper_arm"] * _direction(side, arm)
+        wrist = elbow + body["forearm"] * _direction(side, arm + 25.0 + 20.0 * sign * swing)
+        leg = 7.0 - 9.0 * sign * swing
+        knee = hip + body["thigh"] * _direction(side, leg)
+        ankle = knee + body["shin"] * _direction(side, leg - 6.0 + 10.0 * sign * swing)
+        for joint, xy in (("shoulder", shoulder), ("hip", hip), ("elbow", elbow),
+                          ("wrist", wrist), ("knee", knee), ("ankle", ankle)):
+            p[f"{name}_{joint}"] = xy
+    _place_face(p, body["head_r"], 0.35 * math.sin(turn), 0.0)
+    squeeze = np.array([math.cos(turn), 1.0])
+    return _Figure(points={n: xy * squeeze for n, xy in p.items()}, head_radius=body["head_r"],
+                   widths=body["widths"])
+
+
+def _pillar(rng: np.random.Generator, height: int, width: int, x_center: float) -> np.ndarray:
+    """A striped vertical bar, uint8 [H, w, 3], centred on `x_center`; its columns are
+    ``_pillar_columns``."""
+    x0, x1 = _pillar_columns(width, x_center)
+    bar = np.empty((height, x1 - x0, 3), np.float64)
+    bar[:] = np.clip(_random_color(rng, rng.uniform(0.2, 0.6)), 40, 215)
+    bar[:, ::6] *= 0.7
+    return bar.astype(np.uint8)
+
+
+def _pillar_columns(width: int, x_center: float) -> tuple[int, int]:
+    half = max(2, int(round(0.025 * width)))
+    x0 = int(np.clip(round(x_center) - half, 0, width - 1))
+    return x0, min(width, x0 + 2 * half)
+
+
+def render_clip(config: ClipConfig = ClipConfig(), seed: int = 0):
+    """Yield the clip's frames in order as ``SyntheticExample`` (the figure's keypoints in
+    frame pixels, visibility 2 seen, 1 behind the pillar, 0 outside the frame or frames
+    without the figure, with keypoints (0, 0); bbox (0, 0, 0, 0) and area 0 when no figure
+    pixel is in the frame). The same config and seed give the same frames; the noise of
+    frame i comes from its own stream, the scene and the figure from the clip's."""
+    height, width = (int(v) for v in config.image_size)
+    if min(height, width) < 32 or config.num_frames < 1:
+        raise ValueError(f"a clip needs frames of at least 32x32 and one frame, got "
+                         f"{config.image_size} and {config.num_frames}")
+    rng = np.random.default_rng([seed, CLIP_STREAM])
+    body = _walking_body(rng)
+    colors = _figure_colors(rng)
+    scene = _background(rng, height, width, config.clutter_shapes)
+    pillar_x = width / 2.0 + 0.5 * config.sweep * width
+    pillar = _pillar(rng, height, width, pillar_x) if config.pillar else None
+    raise_period = float(rng.uniform(0.35, 0.5)) * config.num_frames
+    standing = body["torso"] + body["neck"] + 1.8 * body["head_r"] + body["thigh"] + body["shin"]
+    far, near = config.height_fraction
+    for i in range(config.num_frames):
+        lap = 2.0 * math.pi * config.laps * i / config.num_frames
+        depth = (1.0 - math.cos(lap)) / 2.0                        # 0 far .. 1 near
+        turn = math.radians(config.max_turn_deg) * math.cos(lap)  # walking across: turned
+        raise_deg = 100.0 * max(0.0, math.sin(2.0 * math.pi * i / raise_period)) ** 2
+        fig = _walking_pose(body, 2.0 * math.pi * i / config.stride_frames, raise_deg, turn)
+        px = (far + (near - far) * depth) * height / standing
+        lean = math.radians(config.max_lean_deg) * math.sin(2.0 * lap + 0.7)
+        c, s = math.cos(lean), math.sin(lean)
+        feet_y = height * (0.62 + 0.28 * depth)
+        hip = np.array([width / 2.0 + config.sweep * width * math.sin(lap),
+                        feet_y - (body["thigh"] + body["shin"]) * px])
+        names = list(fig.points)
+        unit = np.stack([fig.points[n] for n in names]) @ np.array([[c, -s], [s, c]]).T
+        q = {n: _sub(xy) for n, xy in zip(names, unit * px + hip)}
+
+        image = scene.copy()
+        _draw_figure(image, q, fig, px, colors)
+        mask = np.zeros((height, width), np.uint8)
+        _draw_figure(mask, q, fig, px, colors, antialias=False, silhouette=1)
+        keypoints = np.stack([_from_sub(q[name]) for name in KEYPOINT_NAMES])
+        inside = ((keypoints[:, 0] >= 0) & (keypoints[:, 0] < width)
+                  & (keypoints[:, 1] >= 0) & (keypoints[:, 1] < height))
+        visibility = np.where(inside, 2, 0).astype(np.int32)
+        if pillar is not None:
+            x0, x1 = _pillar_columns(width, pillar_x)
+            image[:, x0:x1] = pillar
+            mask[:, x0:x1] = 0
+            behind = (keypoints[:, 0] >= x0) & (keypoints[:, 0] < x1) & (visibility == 2)
+            visibility[behind] = 1
+        noise = np.random.default_rng([seed, CLIP_STREAM, i + 1]).standard_normal(
+            image.shape, dtype=np.float32)
+        noisy = image.astype(np.float32) + np.float32(config.noise) * noise
+        rows, cols = np.nonzero(mask)
+        bbox = ((float(cols.min()), float(rows.min()), float(cols.max() + 1 - cols.min()),
+                 float(rows.max() + 1 - rows.min())) if rows.size else (0.0, 0.0, 0.0, 0.0))
+        keypoints[visibility == 0] = 0.0
+        yield SyntheticExample(image=np.clip(np.round(noisy), 0, 255).astype(np.uint8),
+                               keypoints=keypoints, visibility=visibility, bbox=bbox,
+                               area=float(mask.sum()), occluded=bool((visibility == 1).any()))
 
 
 # --------------------------------------------------------------------------- dataset files

@@ -135,7 +135,7 @@ def test_int8_takes_uint8_pixels_and_gives_quantized_heatmaps(exported, trained)
     interpreter = Interpreter(model_path=path)
     (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
     assert inp["dtype"] == np.uint8 and list(inp["shape"]) == [1, *input_size, 3]
-    assert inp["quantization"] == (0.0, 0)  # raw pixels: the model's first op casts them
+    assert inp["quantization"] == (1.0, 0)  # raw pixels, read by an integer QUANTIZE
     assert outp["dtype"] == np.int8 and outp["quantization"][0] > 0
     assert list(outp["shape"]) == [1, input_size[0] // 4, input_size[1] // 4, 17]
     with open(path[:-len(".tflite")] + ".json", encoding="utf-8") as f:
@@ -143,9 +143,9 @@ def test_int8_takes_uint8_pixels_and_gives_quantized_heatmaps(exported, trained)
     assert meta["outputs"][0]["scale"] == pytest.approx(outp["quantization"][0])
     assert meta["outputs"][0]["zero_point"] == outp["quantization"][1]
     assert meta["calibration"]["split"] == "train" and meta["calibration"]["num_examples"] == 100
-    # full integer: the only float tensor is the uint8 input cast to float before QUANTIZE
+    # integer-only: no float tensor at all (tests/test_export_quant.py walks every tensor)
     floats = [list(t["shape"]) for t in interpreter.get_tensor_details() if t["dtype"] == np.float32]
-    assert floats == [[1, *input_size, 3]]
+    assert floats == []
     int8 = [t for t in interpreter.get_tensor_details() if t["dtype"] == np.int8]
     assert len(int8) > 50
 

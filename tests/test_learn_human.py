@@ -3,8 +3,6 @@ image past im04000, the mean-pose baseline, and a few-step run that trains, eval
 exports int8 and prints the benchmark's greppable lines."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 
@@ -14,6 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import learn_human, learn_real  # noqa: E402
+from tests import benchmark_smoke  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LSPET = os.path.join(REPO, "..", "shared", "data", "lspet")
@@ -50,21 +49,11 @@ def test_mean_pose_baseline_is_placed_in_each_box():
 def smoke_run(tmp_path_factory):
     """(stdout, out folder) of the benchmark with a 3-step, 32x32 one-stack model."""
     out = str(tmp_path_factory.mktemp("learn_human"))
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        rc = learn_human.main(["--steps", "3", "--input_size", "32", "--num_stacks", "1", "--mobile",
-                               "--batch_size", "4", "--epochs", "1", "--out", out])
-    assert rc == 0
-    return buffer.getvalue(), out
+    return benchmark_smoke.smoke_run(learn_human.main, out), out
 
 
 def greppable(stdout: str) -> dict:
-    values = {}
-    for line in stdout.splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and key in GREPPABLE:
-            values[key] = float(value)
-    return values
+    return benchmark_smoke.greppable(stdout, GREPPABLE)
 
 
 @pytest.mark.slow

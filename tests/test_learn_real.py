@@ -3,9 +3,7 @@ the mean-position baseline, the time plan, and a few-step train + evaluate run t
 the benchmark's greppable lines."""
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import os
 
@@ -15,6 +13,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import learn_real  # noqa: E402
+from tests import benchmark_smoke  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DLC = os.path.join(REPO, "..", "shared", "data", "dlc_openfield")
@@ -38,21 +37,11 @@ def csv_points() -> dict:
 def smoke_run(tmp_path_factory):
     """(stdout, out folder) of the benchmark with a 3-step, 32x32 one-stack model."""
     out = str(tmp_path_factory.mktemp("learn_real"))
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        rc = learn_real.main(["--steps", "3", "--input_size", "32", "--num_stacks", "1", "--mobile",
-                              "--batch_size", "4", "--epochs", "1", "--out", out])
-    assert rc == 0
-    return buffer.getvalue(), out
+    return benchmark_smoke.smoke_run(learn_real.main, out), out
 
 
 def greppable(stdout: str) -> dict:
-    values = {}
-    for line in stdout.splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and key in GREPPABLE:
-            values[key] = float(value)
-    return values
+    return benchmark_smoke.greppable(stdout, GREPPABLE)
 
 
 def test_conversion_holds_out_img0090_to_img0115(smoke_run):

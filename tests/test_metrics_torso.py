@@ -333,7 +333,7 @@ def test_run_py_sigmas_flag_and_records_sigmas(tmp_path):
     args = run.build_parser().parse_args(["eval", "--model_path", "m", "--tfrecords", "r",
                                           "--sigmas_path", "s.txt"])
     assert args.sigmas_path == "s.txt"
-    for mode in (["train"], ["predict", "--model_path", "m", "--input", "x"]):
+    for mode in (["train", "--tfrecords", "r"], ["predict", "--model_path", "m", "--input", "x"]):
         assert run.build_parser().parse_args(mode + ["--sigmas_path", "s"]).sigmas_path == "s"
 
 

@@ -10,7 +10,7 @@ import shlex
 
 import pytest
 
-from tests.trained_model import makefile_quickstart
+from configs.quickstart import makefile_quickstart
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 
 import pytest
 
@@ -235,23 +234,22 @@ def _custom_dataset(root, coco: dict, n: int) -> None:
 
 
 def test_dataset_path_cache_is_rebuilt_when_annotations_change(tmp_path, capsys):
-    from model.cli import _records_from_dataset_path
+    from pipeline.convert import records_for_dataset_path
     root = tmp_path / "my_dataset"
     root.mkdir()
     os.symlink(COCO_IMAGES, root / "images")
     coco = json.load(open(COCO_JSON))
     _custom_dataset(root, coco, 5)
-    args = types.SimpleNamespace(dataset_path=str(root), matchpoint_path=None, skeleton_path=None,
-                                 classes_path=os.path.join(REPO, "configs", "coco_classes.txt"))
-    cache = _records_from_dataset_path(args)
+    classes = os.path.join(REPO, "configs", "coco_classes.txt")
+    cache = records_for_dataset_path(str(root), classes)
     assert "no cached records" in capsys.readouterr().out
     info = records.read_dataset_info(cache)
     assert info["counts"] == {"train": 5}
     fp = info["splits"]["train"]["source"]["annotations_fingerprint"]
     assert set(fp) == {"size", "mtime_ns", "sha256"}
-    assert _records_from_dataset_path(args) == cache and capsys.readouterr().out == ""   # reused
+    assert records_for_dataset_path(str(root), classes) == cache and capsys.readouterr().out == ""   # reused
     _custom_dataset(root, coco, 3)                                  # the user edits annotations.json
-    _records_from_dataset_path(args)
+    records_for_dataset_path(str(root), classes)
     said = capsys.readouterr().out.strip().splitlines()
     assert len(said) == 1 and "annotations.json changed" in said[0]
     assert records.read_dataset_info(cache)["counts"] == {"train": 3}

@@ -1,10 +1,12 @@
-"""pytest plugin: the quickstart, trained once per test session by the real trainer.
+"""pytest plugin: the quickstart, trained once per test run by the real trainer.
 
 ``quickstart_records`` runs the first three lines of the Makefile's ``quickstart`` recipe (the
 synthetic set, its conversion to TFRecords with --verify) and ``quickstart_run`` the fourth
 (``run.py train`` with QS_MODEL / QS_TRAIN), all in this process through the programs' own
-``main(argv)``, with ``quickstart_out`` replaced by a session temp folder. The commands are
-read from the Makefile, so the tests train exactly what a user's ``make quickstart`` trains.
+``main(argv)``, with ``quickstart_out`` replaced by a temp folder. The commands are read from
+the Makefile, so the tests train exactly what a user's ``make quickstart`` trains. Under
+pytest-xdist the first worker that needs them builds them into a folder all workers see and
+the others wait for it (``_once``), so the quickstart is trained once, not once per worker.
 
 Tests that need "some trained model" use ``quickstart_run.final_model``; they must not write
 into its folders (copy first): every test of the session shares them.
@@ -16,51 +18,17 @@ import contextlib
 import dataclasses
 import io
 import os
-import re
-import shlex
 import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QS = "quickstart_out"
-
-
-def makefile_quickstart() -> list[str]:
-    """The Makefile's quickstart recipe, one command a line, variables expanded, $(PY) -> python."""
-    with open(os.path.join(REPO, "Makefile"), encoding="utf-8") as f:
-        text = f.read()
-    variables = dict(re.findall(r"^(\w+) \?= (.*)$", text, flags=re.M))
-    recipe = text[text.index("\nquickstart:") + 1:].split("\n\n")[0].splitlines()[1:]
-    out = []
-    for line in recipe:
-        line = line.strip()
-        if line.startswith("@"):
-            continue
-        line = line.replace("$(PY)", "python")
-        for _ in range(3):
-            line = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), m.group(0)), line)
-        out.append(re.sub(r"\s+", " ", line).strip())
-    return out
+from configs.quickstart import QS, quickstart_lines
 
 
 def quickstart_argv(program: str, root: str, mode: str | None = None) -> list[str]:
-    """argv (after the program) of the first recipe line running `program` ("-m pipeline.synthetic",
-    "convert_to_tfrecord.py", "run.py"; with `mode`, the first whose argv starts with it), with
-    quickstart_out -> `root`. Several lines may run one program: see ``_quickstart_lines``."""
-    return _quickstart_lines(program, root, mode)[0]
-
-
-def _quickstart_lines(program: str, root: str, mode: str | None = None) -> list[list[str]]:
-    lines = []
-    for command in makefile_quickstart():
-        words = shlex.split(command)
-        assert words[0] == "python", command
-        prog, argv = (" ".join(words[1:3]), words[3:]) if words[1] == "-m" else (words[1], words[2:])
-        if prog == program and (mode is None or argv[:1] == [mode]):
-            lines.append([w.replace(QS, root) if QS in w else w for w in argv])
-    assert lines, f"no `python {program}` line in the Makefile's quickstart"
-    return lines
+    """argv (after the program) of the first recipe line running `program`, with
+    quickstart_out -> `root` (``configs.quickstart.quickstart_lines``)."""
+    return quickstart_lines(program, root, mode)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,69 +69,149 @@ def _call(main, argv, what):
     return out.getvalue()
 
 
+def _shared_root(tmp_path_factory) -> str:
+    """A folder every pytest-xdist worker of this run sees (the parent of the workers' own
+    temp folders); this session's temp folder without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return str(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+
+
+def _plain(value):
+    """JSON for NumPy values in a fixture's result."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def _once(tmp_path_factory, name: str, build, timeout_s: float = 3600.0) -> dict:
+    """``build(folder) -> dict`` run once per test run into ``<shared root>/name``, even across
+    pytest-xdist workers: the first worker to get here builds and writes ``name.done.json``;
+    the others wait for it and read it (and fail at once if the builder failed)."""
+    import json
+    import traceback
+
+    root = _shared_root(tmp_path_factory)
+    folder = os.path.join(root, name)
+    done, failed = folder + ".done.json", folder + ".failed.txt"
+    try:
+        os.close(os.open(folder + ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:                      # another worker builds it: wait
+        deadline = time.time() + timeout_s
+        while not os.path.exists(done):
+            if os.path.exists(failed):
+                pytest.fail(f"{name} failed in another pytest worker:\n{open(failed).read()[-3000:]}")
+            if time.time() > deadline:
+                pytest.fail(f"timed out waiting for another pytest worker to build {name}")
+            time.sleep(1.0)
+        with open(done, encoding="utf-8") as f:
+            return json.load(f)
+    try:
+        os.makedirs(folder)
+        result = build(folder)
+    except BaseException:
+        with open(failed, "w") as f:
+            f.write(traceback.format_exc())
+        raise
+    with open(done + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(result, f, default=_plain)
+    os.replace(done + ".tmp", done)
+    return result
+
+
 @pytest.fixture(scope="session")
 def quickstart_records(tmp_path_factory) -> QuickstartRecords:
     """The quickstart's synthetic set (800 train / 100 val, 192x192) and its TFRecords."""
-    import convert_to_tfrecord
-    from pipeline import synthetic
+    def build(root):
+        import convert_to_tfrecord
+        from pipeline import synthetic
 
-    root = str(tmp_path_factory.mktemp(QS))
-    t0 = time.time()
-    _call(synthetic.main, quickstart_argv("-m pipeline.synthetic", root), "pipeline.synthetic")
-    for argv in _quickstart_lines("convert_to_tfrecord.py", root):
-        # one worker: the same records (the converter's output does not depend on the worker
-        # count) without spawning interpreters that import the pipeline again
-        _call(convert_to_tfrecord.main, argv + ["--num_workers", "1", "--quiet"], "convert_to_tfrecord.py")
-    return QuickstartRecords(root=root, synthetic=os.path.join(root, "synthetic"),
-                             records=os.path.join(root, "tfrecords"), seconds=round(time.time() - t0, 1))
+        t0 = time.time()
+        _call(synthetic.main, quickstart_argv("-m pipeline.synthetic", root), "pipeline.synthetic")
+        for argv in quickstart_lines("convert_to_tfrecord.py", root):
+            # one worker: the same records (the converter's output does not depend on the worker
+            # count) without spawning interpreters that import the pipeline again
+            _call(convert_to_tfrecord.main, argv + ["--num_workers", "1", "--quiet"],
+                  "convert_to_tfrecord.py")
+        return dict(root=root, synthetic=os.path.join(root, "synthetic"),
+                    records=os.path.join(root, "tfrecords"), seconds=round(time.time() - t0, 1))
+
+    return QuickstartRecords(**_once(tmp_path_factory, QS, build))
 
 
 @pytest.fixture(scope="session")
-def quickstart_run(quickstart_records) -> QuickstartRun:
+def quickstart_run(quickstart_records, tmp_path_factory) -> QuickstartRun:
     """The quickstart model: `run.py train` with the Makefile's QS_MODEL and QS_TRAIN (700 steps),
-    trained once per session in this process."""
-    import run
-    from model import cli
-
+    trained once per test run (in the first pytest worker that needs it)."""
     qs = quickstart_records
-    argv = quickstart_argv("run.py", qs.root, mode="train")
-    returned = {}
-    real_train = cli.train
 
-    def keep_summary(args):
-        returned["summary"] = real_train(args)
-        return returned["summary"]
+    def build(_):
+        import run
+        from model import cli
 
-    t0 = time.time()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "train", keep_summary)
-        stdout = _call(run.main, argv, "run.py")
-    seconds = round(time.time() - t0, 1)
-    log_dir = argv[argv.index("--log_dir") + 1]
-    with open(os.path.join(log_dir, "val.txt")) as f:
-        val_pcks = tuple(float(line.split(":")[1]) for line in f if line.strip())
-    final = os.path.join(log_dir, "final.keras")
-    assert os.path.isfile(final), stdout[-3000:]
-    return QuickstartRun(root=qs.root, synthetic=qs.synthetic, records=qs.records, log_dir=log_dir,
-                         final_model=final, summary=returned["summary"], stdout=stdout,
-                         val_pcks=val_pcks, seconds=seconds)
+        argv = quickstart_argv("run.py", qs.root, mode="train")
+        returned = {}
+        real_train = cli.train
+
+        def keep_summary(args):
+            returned["summary"] = real_train(args)
+            return returned["summary"]
+
+        t0 = time.time()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cli, "train", keep_summary)
+            stdout = _call(run.main, argv, "run.py")
+        seconds = round(time.time() - t0, 1)
+        log_dir = argv[argv.index("--log_dir") + 1]
+        with open(os.path.join(log_dir, "val.txt")) as f:
+            val_pcks = [float(line.split(":")[1]) for line in f if line.strip()]
+        final = os.path.join(log_dir, "final.keras")
+        assert os.path.isfile(final), stdout[-3000:]
+        return dict(root=qs.root, synthetic=qs.synthetic, records=qs.records, log_dir=log_dir,
+                    final_model=final, summary=returned["summary"], stdout=stdout,
+                    val_pcks=val_pcks, seconds=seconds)
+
+    result = _once(tmp_path_factory, "quickstart_run", build)
+    return QuickstartRun(**{**result, "val_pcks": tuple(result["val_pcks"])})
 
 
 @pytest.fixture(scope="session")
 def quickstart_exports(quickstart_run, tmp_path_factory):
     """(folder, manifest) of every export variant of the quickstart model, written once per
-    session by ``python -m export`` in this process: TFLite float32, float16, dynamic, int8
-    (100 calibration crops), then SavedModel plus float32 and int8 TFLite ending in the decoder
-    (a second run into the same folder adds to its manifest)."""
-    import json
+    test run by ``python -m export`` in-process: TFLite float32, float16, dynamic, int8 (100
+    calibration crops), then SavedModel plus float32 and int8 TFLite ending in the decoder (a
+    second run into the same folder adds to its manifest)."""
+    def build(out):
+        import json
 
-    from export.__main__ import main
+        from export.__main__ import main
 
-    out = str(tmp_path_factory.mktemp("exported"))
-    common = ["--model_path", quickstart_run.final_model, "--output_dir", out,
-              "--representative", quickstart_run.records, "--num_calibration", "100"]
-    assert main(common + ["--format", "tflite", "--quantize", "none", "float16", "dynamic", "int8"]) == 0
-    assert main(common + ["--format", "saved_model", "tflite", "--quantize", "none", "int8",
-                          "--with_decoder"]) == 0
-    with open(os.path.join(out, "export_manifest.json"), encoding="utf-8") as f:
-        return out, json.load(f)
+        common = ["--model_path", quickstart_run.final_model, "--output_dir", out,
+                  "--representative", quickstart_run.records, "--num_calibration", "100"]
+        assert main(common + ["--format", "tflite", "--quantize", "none", "float16", "dynamic", "int8"]) == 0
+        assert main(common + ["--format", "saved_model", "tflite", "--quantize", "none", "int8",
+                              "--with_decoder"]) == 0
+        with open(os.path.join(out, "export_manifest.json"), encoding="utf-8") as f:
+            return {"out": out, "manifest": json.load(f)}
+
+    result = _once(tmp_path_factory, "quickstart_exports", build)
+    return result["out"], result["manifest"]
+
+
+QUICKSTART_FIXTURES = frozenset({"quickstart_records", "quickstart_run", "quickstart_exports"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order for ``make test`` (pytest-xdist, ``-n 2 --dist loadfile``: a file's tests run in one
+    worker, files in this order): the export tests first, so one worker trains the quickstart
+    and writes its exports at once (the longest chain) while the other runs the files that do
+    not need it; the other files that use the quickstart last, when it is ready for both."""
+    def uses_quickstart(item) -> bool:
+        return bool(QUICKSTART_FIXTURES & set(item.fixturenames))
+
+    consumers = {item.module.__name__ for item in items if uses_quickstart(item)}
+
+    def rank(item) -> int:
+        module = item.module.__name__
+        if module == "tests.test_export":
+            return 0
+        return 2 if module in consumers else 1
+
+    items[:] = sorted(items, key=rank)      # stable: the order inside a rank is kept
