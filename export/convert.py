@@ -666,12 +666,9 @@ def variant_card(source: ModelCard, fmt: str, quantization: str, with_decoder: b
         extra=extra)
 
 
-def export_model(model_path: str, output_dir: str, config: ExportConfig,
-                 calibration: Optional[Calibration] = None, card: Optional[ModelCard] = None,
-                 log: Callable[[str], None] = print, model=None) -> dict:
-    """Write every requested variant, its card inside it and a json copy beside it, into
-    `output_dir` plus `export_manifest.json`; returns the manifest. `card` replaces the
-    source's (used when it carries none); `model` is the already loaded `model_path`, if any."""
+def source_with_card(model_path: str, card: Optional[ModelCard] = None, model=None):
+    """(model, card) to export: `model` or the loaded `model_path`, and `card` or the one the
+    file carries; ExportError when there is neither."""
     if model is None:
         model, source_card = load_source(model_path)
     else:
@@ -681,6 +678,16 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
         raise ExportError(f"{model_path} carries no model card (none inside it, no "
                           f"{metadata_path(model_path)} beside it): pass --representative (its "
                           f"records' keypoint definition is used)")
+    return model, source_card
+
+
+def export_model(model_path: str, output_dir: str, config: ExportConfig,
+                 calibration: Optional[Calibration] = None, card: Optional[ModelCard] = None,
+                 log: Callable[[str], None] = print, model=None) -> dict:
+    """Write every requested variant, its card inside it and a json copy beside it, into
+    `output_dir` plus `export_manifest.json`; returns the manifest. `card` replaces the
+    source's (used when it carries none); `model` is the already loaded `model_path`, if any."""
+    model, source_card = source_with_card(model_path, card, model)
     num_keypoints = model_geometry(model)[2]
     if source_card.num_keypoints != num_keypoints:
         raise ExportError(f"{model_path} outputs {num_keypoints} heatmaps but its model card names "

@@ -482,20 +482,12 @@ def export_pipelines(model_path: str, output_dir: str, frame_size: Sequence[int]
         MANIFEST_NAME,
         QUANT_NAMES,
         file_size,
-        load_source,
         merge_manifest,
+        source_with_card,
         write_bytes_atomic,
     )
-    from model.card import embed_in_tflite, metadata_path, read_card, write_card_beside
-    if model is None:
-        model, source_card = load_source(model_path)
-    else:
-        source_card, _ = read_card(model_path)
-    source_card = card or source_card
-    if source_card is None:
-        raise ExportError(f"{model_path} carries no model card (none inside it, no "
-                          f"{metadata_path(model_path)} beside it): pass --representative (its "
-                          f"records' keypoint definition is used)")
+    from model.card import embed_in_tflite, metadata_path, write_card_beside
+    model, source_card = source_with_card(model_path, card, model)
     bad = [q for q in quantizations if q not in QUANTIZATIONS]
     if bad:
         raise ExportError(f"--full_pipeline --quantize {' '.join(bad)}: the pipeline is written with "

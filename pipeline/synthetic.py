@@ -332,6 +332,19 @@ def _occluder(rng: np.random.Generator, image: np.ndarray, keypoints: np.ndarray
     return x0, y0, x1, y1
 
 
+def _draw_on(image: np.ndarray, q: dict, fig, px: float, colors):
+    """Draw the figure on `image`; (its silhouette mask, keypoints [K, 2], visibility: 2 inside
+    the image, 0 outside). Draws nothing random."""
+    height, width = image.shape[:2]
+    _draw_figure(image, q, fig, px, colors)
+    mask = np.zeros((height, width), np.uint8)
+    _draw_figure(mask, q, fig, px, colors, antialias=False, silhouette=1)
+    keypoints = np.stack([_from_sub(q[name]) for name in KEYPOINT_NAMES])
+    inside = ((keypoints[:, 0] >= 0) & (keypoints[:, 0] < width)
+              & (keypoints[:, 1] >= 0) & (keypoints[:, 1] < height))
+    return mask, keypoints, np.where(inside, 2, 0).astype(np.int32)
+
+
 def render_example(rng: np.random.Generator, image_size: tuple[int, int] = (192, 192),
                    config: SyntheticConfig = SyntheticConfig(),
                    marker_index: Optional[int] = None) -> SyntheticExample:
@@ -343,14 +356,8 @@ def render_example(rng: np.random.Generator, image_size: tuple[int, int] = (192,
     colors = _figure_colors(rng)
     occlude = rng.random() < config.occluder_prob
     image = _background(rng, height, width, config.clutter_shapes)
-    _draw_figure(image, q, fig, px, colors)
-    mask = np.zeros((height, width), np.uint8)
-    _draw_figure(mask, q, fig, px, colors, antialias=False, silhouette=1)
+    mask, keypoints, visibility = _draw_on(image, q, fig, px, colors)
 
-    keypoints = np.stack([_from_sub(q[name]) for name in KEYPOINT_NAMES])
-    inside = ((keypoints[:, 0] >= 0) & (keypoints[:, 0] < width)
-              & (keypoints[:, 1] >= 0) & (keypoints[:, 1] < height))
-    visibility = np.where(inside, 2, 0).astype(np.int32)
     rows, cols = np.nonzero(mask)
     bbox = (float(cols.min()), float(rows.min()),
             float(cols.max() + 1 - cols.min()), float(rows.max() + 1 - rows.min()))
@@ -483,13 +490,7 @@ def render_clip(config: ClipConfig = ClipConfig(), seed: int = 0):
         q = {n: _sub(xy) for n, xy in zip(names, unit * px + hip)}
 
         image = scene.copy()
-        _draw_figure(image, q, fig, px, colors)
-        mask = np.zeros((height, width), np.uint8)
-        _draw_figure(mask, q, fig, px, colors, antialias=False, silhouette=1)
-        keypoints = np.stack([_from_sub(q[name]) for name in KEYPOINT_NAMES])
-        inside = ((keypoints[:, 0] >= 0) & (keypoints[:, 0] < width)
-                  & (keypoints[:, 1] >= 0) & (keypoints[:, 1] < height))
-        visibility = np.where(inside, 2, 0).astype(np.int32)
+        mask, keypoints, visibility = _draw_on(image, q, fig, px, colors)
         if pillar is not None:
             x0, x1 = _pillar_columns(width, pillar_x)
             image[:, x0:x1] = pillar

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.test_run import TINY, _env, _free_ports, small_records
+from tests.test_run import MIRRORED_RUN_PY, TINY, _env, _free_ports, small_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,19 +87,9 @@ def test_loopback_service_feeds_every_record_once_and_survives_a_worker_restart(
         assert served == local and set(served.values()) == {1}          # every record exactly once
 
         log_dir = str(tmp_path / "logs")
-        script = f"""
-import sys, tensorflow as tf
-cpu = tf.config.list_physical_devices('CPU')[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-sys.path.insert(0, {REPO!r})
-from model import distribute
-distribute.make_strategy = lambda **_: tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
-import run
-sys.exit(run.main(sys.argv[1:]))
-"""
         with open(tmp_path / "train.log", "w") as train_log:
             train = subprocess.Popen(
-                [sys.executable, "-c", script, "train", "--tfrecords", records, "--log_dir", log_dir,
+                [sys.executable, "-c", MIRRORED_RUN_PY, "train", "--tfrecords", records, "--log_dir", log_dir,
                  "--total_epoch", "2", "--steps_per_epoch", "40", "--steps_per_loop", "1",
                  "--checkpoint_steps", "4", "--data_service", url] + TINY,
                 cwd=REPO, env=_env(), stdout=train_log, stderr=subprocess.STDOUT, text=True)

@@ -12,19 +12,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import COCO_IMAGES, DLC_DIR
+from tests.test_run import _main as _run
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(COCO_IMAGES), reason="shared data not found")
 
 
 def _digest(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-def _run(argv, capsys):
-    import run
-    code = run.main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -65,11 +65,9 @@ TINY = ["--num_stacks", "1", "--mobile", "--tiny", "--model_image_size", "64x64"
         "--batch_size", "8", "--optimizer", "adam", "--learning_rate", "1e-3", "--quiet"]
 
 
-def test_mirrored_two_logical_cpus(synthetic_records, tmp_path):
-    """The same loop under MirroredStrategy with two logical CPU devices (rotated crops by
-    ImageProjectiveTransformV3 here: the other runs use the default XLA sampler). Own
-    process: logical devices must be configured before TF starts."""
-    script = f"""
+# run.py in a process of its own under MirroredStrategy over two logical CPU devices (they
+# must be configured before TF starts): python -c MIRRORED_RUN_PY train ...
+MIRRORED_RUN_PY = f"""
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -79,10 +77,16 @@ distribute.make_strategy = lambda **_: tf.distribute.MirroredStrategy(['/cpu:0',
 import run
 sys.exit(run.main(sys.argv[1:]))
 """
+
+
+def test_mirrored_two_logical_cpus(synthetic_records, tmp_path):
+    """The same loop under MirroredStrategy with two logical CPU devices (rotated crops by
+    ImageProjectiveTransformV3 here: the other runs use the default XLA sampler). Own
+    process: logical devices must be configured before TF starts."""
     log_dir = str(tmp_path / "logs")
     proc = subprocess.run(
-        [sys.executable, "-c", script, "train", "--tfrecords", synthetic_records, "--log_dir", log_dir,
-         "--total_epoch", "1", "--steps_per_epoch", "2", "--steps_per_loop", "2",
+        [sys.executable, "-c", MIRRORED_RUN_PY, "train", "--tfrecords", synthetic_records,
+         "--log_dir", log_dir, "--total_epoch", "1", "--steps_per_epoch", "2", "--steps_per_loop", "2",
          "--rotated_sampler", "projective"] + TINY,
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -28,6 +28,7 @@ from model.tracking import (
     search_tiles,
     smooth_step,
 )
+from tests.test_run import _main as _run
 
 finite = dict(allow_nan=False, allow_infinity=False)
 
@@ -288,13 +289,6 @@ def test_quickstart_model_follows_a_figure_that_walks_out_and_back(quickstart_ru
 
 
 # ------------------------------------------------------------------ run.py predict
-def _run(argv, capsys):
-    import run
-    code = run.main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture(scope="module")
 def short_clip(tmp_path_factory):
     """A 12-frame 240x320 mp4 of the walking figure and its ground truth."""
