@@ -76,9 +76,13 @@ def main(argv=None) -> int:
 
 
 def summary(info: dict, output: str) -> str:
-    """A few lines: records per split, skips per reason, the first problems."""
-    lines = [f"wrote {output}: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items())
-             + f" records, {info['num_keypoints']} keypoints"]
+    """A few lines: persons (and images) per split, skips per reason, the first problems."""
+    def written(split: str, count: int) -> str:
+        images = (info["splits"].get(split) or {}).get("images")
+        return f"{split} {count} persons" + (f" in {images} images" if images is not None else "")
+
+    lines = [f"wrote {output}: " + ", ".join(written(k, v) for k, v in info["counts"].items())
+             + f", {info['num_keypoints']} keypoints"]
     problems, notes = [], []
     for split, entry in info["splits"].items():
         if entry["skipped"]["total"]:

@@ -7,8 +7,12 @@ Writes the coco_val_mini persons to a temporary folder, then times the full trai
 dispatcher and one worker process on 127.0.0.1; through the same dispatcher and two worker
 processes. On a 2-core machine the workers share the trainer's cores, so this shows what the
 service costs (serialization, gRPC, one more copy of each batch), not how it scales: on a
-real cluster each worker brings its host's cores. Also prints the records' bytes per labelled
-person against the bytes of the images they hold (each person's record holds its whole JPEG).
+real cluster each worker brings its host's cores.
+
+Also prints, on the COCO and MPII subsets in ../shared/data, each repeated to about 3,000
+labelled persons: the record bytes per labelled person in schema 2 (one record per image,
+its persons inside) and in schema 1 (one record per person, each holding the whole image
+again: ``pipeline.schema.person_examples``), beside the bytes of the images themselves.
 """
 from __future__ import annotations
 
@@ -24,17 +28,62 @@ from benchmarks.input_pipeline import COCO_MINI, measure, write_coco_mini_record
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def record_bytes(shards: list[str]) -> tuple[int, int, int]:
-    """(bytes of the shards, labelled persons in them, bytes of the distinct images they hold)."""
+TFRECORD_FRAMING = 16   # bytes around each record in a TFRecord file (length, two CRCs)
+MPII_MINI = os.path.join(REPO, "..", "shared", "data", "mpii_mini")
+
+
+def record_bytes(shards: list[str]) -> dict:
+    """Bytes of the records in ``shards`` as written (schema 2) and as schema 1 would write the
+    same persons, the labelled persons, the records and the bytes of the distinct images."""
     import tensorflow as tf
 
-    from pipeline import decoder
-    persons, images = 0, {}
+    from pipeline import schema
+    out = {"schema2": 0, "schema1": 0, "persons": 0, "records": 0, "images": {}}
     for serialized in tf.data.TFRecordDataset(shards):
-        d = decoder.decode(serialized, image=False)
-        persons += 1
-        images[d["source_id"].numpy()] = len(d["encoded"].numpy())
-    return sum(os.path.getsize(s) for s in shards), persons, sum(images.values())
+        raw = serialized.numpy()
+        people = schema.person_examples(raw)
+        out["schema2"] += len(raw) + TFRECORD_FRAMING
+        out["schema1"] += sum(len(p) + TFRECORD_FRAMING for p in people)
+        out["persons"] += len(people)
+        out["records"] += 1
+        feature = tf.train.Example.FromString(raw).features.feature
+        out["images"][feature[schema.SOURCE_ID].bytes_list.value[0]] = len(
+            feature[schema.ENCODED].bytes_list.value[0])
+    return out
+
+
+def repeated(shards: list[str], directory: str, persons: int, num_shards: int = 8) -> list[str]:
+    """The records of ``shards`` written again and again into ``num_shards`` files under
+    ``directory`` until they hold at least ``persons`` labelled persons."""
+    import tensorflow as tf
+
+    from pipeline import schema
+    records = [r.numpy() for r in tf.data.TFRecordDataset(shards)]
+    per_pass = sum(len(schema.person_examples(r)) for r in records)
+    passes = -(-persons // per_pass)
+    os.makedirs(directory, exist_ok=True)
+    paths = [os.path.join(directory, f"repeated-{i:05d}-of-{num_shards:05d}.tfrecord")
+             for i in range(num_shards)]
+    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    for j, record in enumerate(r for _ in range(passes) for r in records):
+        writers[j % num_shards].write(record)
+    for w in writers:
+        w.close()
+    return paths
+
+
+def subset_records(tmp: str) -> dict:
+    """name -> shards of each shared subset, converted by ``pipeline.convert``."""
+    from pipeline.convert import ConvertOptions, convert_dataset
+    from pipeline.records import split_files
+    out = {"coco_val_mini": write_coco_mini_records(os.path.join(tmp, "coco"), num_shards=1)}
+    mpii = os.path.join(MPII_MINI, "test_mpii_subset.json")
+    if os.path.isfile(mpii):
+        folder = os.path.join(tmp, "mpii")
+        convert_dataset("mpii", mpii, os.path.join(MPII_MINI, "images"), folder, split="bench",
+                        num_shards=1, options=ConvertOptions(num_workers=1, quiet=True))
+        out["mpii_mini"] = split_files(folder, "bench")
+    return out
 
 
 def start_worker(dispatcher: str, log) -> subprocess.Popen:
@@ -59,6 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--batches", type=int, default=40, help="timed batches per round")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--persons", type=int, default=3000, help="repeat each subset to this many persons")
     args = p.parse_args(argv)
     if not os.path.isdir(COCO_MINI):
         print(f"error: {COCO_MINI} not found (the shared data)", file=sys.stderr)
@@ -72,8 +122,11 @@ def main(argv=None) -> int:
     from pipeline.parser import Parser, ParserConfig
 
     with tempfile.TemporaryDirectory() as tmp:
-        shards = write_coco_mini_records(tmp, num_shards=8)
-        total, persons, image_bytes = record_bytes(shards)
+        sizes, subsets = {}, {}
+        for name, subset in subset_records(tmp).items():
+            subsets[name] = repeated(subset, os.path.join(tmp, f"{name}_x"), args.persons)
+            sizes[name] = record_bytes(subsets[name])
+        shards = subsets["coco_val_mini"]      # the training input timed below
         parser = Parser(ParserConfig(), builtin_spec("coco"))
         dispatcher = start_dispatcher(0)
         address = dispatcher.target.split("://", 1)[1]
@@ -104,9 +157,12 @@ def main(argv=None) -> int:
     best = {name: max(v) for name, v in rates.items()}
     print(f"cpu_cores: {os.cpu_count()}  batch: {args.batch_size}  tf: {tf.__version__}  "
           f"(workers share these cores: this measures the service's overhead, not its scaling)")
-    print(f"record bytes per labelled person: {total / persons:.0f} ({persons} persons, "
-          f"{total} bytes of records)")
-    print(f"image bytes per labelled person: {image_bytes / persons:.0f} (each image once)")
+    for name, s in sizes.items():
+        image_bytes = sum(s["images"].values()) * s["records"] / max(len(s["images"]), 1)
+        print(f"{name}: {s['persons']} persons in {s['records']} records; bytes per labelled person: "
+              f"schema 1 (a record per person) {s['schema1'] / s['persons']:.0f}, schema 2 (a record per "
+              f"image) {s['schema2'] / s['persons']:.0f}, the images alone {image_bytes / s['persons']:.0f}; "
+              f"schema 2 / schema 1: {s['schema2'] / s['schema1']:.3f}")
     for name in best:
         print(f"{name}: {best[name]:.1f} examples/s")
     print(f"service/local: 1 worker {best['service_1_worker'] / best['local']:.3f}, "

@@ -48,8 +48,8 @@ def write_coco_mini_records(directory: str, num_shards: int = 4) -> list[str]:
 
 
 def floor_parse_fn(config, windowed: bool = False):
-    """decoded -> (uint8 crop of the padded box, resized to the input size, bilinear).
-    ``windowed``: for records decoded with ``image=False``, decode only the box's pixels."""
+    """person (pixels encoded) -> (uint8 crop of the padded box, resized to the input size,
+    bilinear): the whole image decoded, or with ``windowed`` only the box's pixels."""
     import tensorflow as tf
 
     from pipeline import affine, coords, decoder
@@ -64,8 +64,9 @@ def floor_parse_fn(config, windowed: bool = False):
         centre = tf.stack([decoded["center"][1], decoded["center"][0]])
         size = tf.cast(decoder.image_size(decoded), tf.float32)
         box = tf.concat([(centre - half) / size, (centre + half) / size], 0)
-        image = decoded["image"] if "image" in decoded else None
-        if windowed:   # the pixels of the box (clamped to the image), box relative to them
+        if not windowed:
+            image = decoder.read_window(decoded, tf.concat([[0, 0], decoder.image_size(decoded)], 0))
+        else:   # the pixels of the box (clamped to the image), box relative to them
             lo = tf.clip_by_value(tf.floor(centre - half), 0.0, size - 1.0)
             hi = tf.clip_by_value(tf.math.ceil(centre + half) + 1.0, lo + 1.0, size)
             image = decoder.read_window(decoded, tf.cast(tf.concat([lo, hi], 0), tf.int32))
@@ -106,7 +107,6 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from configs.keypoints import builtin_spec
-    from pipeline import decoder
     from pipeline.input_reader import InputReader
     from pipeline.parser import Parser, ParserConfig
 
@@ -114,19 +114,17 @@ def main(argv=None) -> int:
         pattern = args.tfrecords or write_coco_mini_records(tmp)
         config = ParserConfig()
         parser = Parser(config, builtin_spec("coco"))
-        variants = {"floor": (floor_parse_fn(config), None), "full": (parser, None)}
+        variants = {"floor": floor_parse_fn(config), "full": parser}
         if args.breakdown:
             spec = builtin_spec("coco")
             for name, change in (("no_rotation", {"rotation_prob": 0.0}),
                                  ("all_rotated", {"rotation_prob": 1.0}),
                                  ("no_jitter", {"color_jitter": 0.0}),
                                  ("projective_sampler", {"rotated_sampler": "projective"})):
-                variants[name] = (Parser(dataclasses.replace(config, **change), spec), None)
-            variants["floor_windowed"] = (floor_parse_fn(config, windowed=True),
-                                          lambda s: decoder.decode(s, image=False))
-        pipelines = {name: InputReader(pattern, fn, is_training=True, global_batch_size=args.batch_size,
-                                       decode_fn=decode_fn)()
-                     for name, (fn, decode_fn) in variants.items()}
+                variants[name] = Parser(dataclasses.replace(config, **change), spec)
+            variants["floor_windowed"] = floor_parse_fn(config, windowed=True)
+        pipelines = {name: InputReader(pattern, fn, is_training=True, global_batch_size=args.batch_size)()
+                     for name, fn in variants.items()}
         rates = {name: [] for name in pipelines}
         cpu = {name: [] for name in pipelines}
         for r in range(args.rounds):

@@ -157,7 +157,7 @@ def read_split(records: str, split: str, num_keypoints: int) -> SplitLabels:
     from pipeline.records import split_files
     files = split_files(records, split)            # as dataset_info.json lists them, checked
     out = SplitLabels([], [], np.zeros((0, num_keypoints, 2)), np.zeros((0, num_keypoints), int))
-    for d in tf.data.TFRecordDataset(files).map(lambda s: decoder.decode(s, image=False)).batch(256):
+    for d in decoder.persons(tf.data.TFRecordDataset(files)).batch(256):
         out.filenames += [os.path.basename(f.decode()) for f in d["filename"].numpy()]
         out.source_ids += [int(s) for s in d["source_id"].numpy()]
         out.keypoints = np.concatenate([out.keypoints, d["keypoints"].numpy().astype(np.float64)])

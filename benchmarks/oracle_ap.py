@@ -28,7 +28,7 @@ import numpy as np
 
 
 def coco_examples(annotations: str, images: str):
-    """(serialized Examples, keypoint spec, skipped {reason: count}) of the persons of a COCO
+    """(serialized Examples, one per image, keypoint spec, skipped {reason: count}) of a COCO
     keypoints json, read by ``pipeline.sources.coco`` and encoded as the converter does
     (``pipeline.convert.encode_records``), nothing written to disk."""
     from configs import builtin_spec
@@ -69,8 +69,8 @@ def oracle_ap(annotations: str, images: str, input_size=(256, 256), stride: int 
                           crop_mode="box")
     parser = Parser(config, spec)
     codec = parser.codec
-    ds = tf.data.Dataset.from_tensor_slices(examples)
-    ds = ds.map(lambda s: parser.parse_eval(decoder.decode(s))[1])
+    ds = decoder.persons(tf.data.Dataset.from_tensor_slices(examples))
+    ds = ds.map(lambda person: parser.parse_eval(person)[1])
     ds = ds.batch(batch_size)
 
     decode = tf.function(lambda hm: {m: codec.decode(hm, m)[0] for m in ("none", "quarter", "dark")})
@@ -93,7 +93,7 @@ def oracle_ap(annotations: str, images: str, input_size=(256, 256), stride: int 
         results = _results(image_ids, affine.to_original_np(matrices, crop_xy))
         return coco_keypoint_ap(annotations, results, spec.oks_sigmas)["AP"]
 
-    out = {"num_persons": len(examples), "skipped": skipped, "ceiling": ap(clamped)}
+    out = {"num_persons": len(image_ids), "skipped": skipped, "ceiling": ap(clamped)}
     for mode, key in (("none", "argmax"), ("quarter", "quarter"), ("dark", "subpixel")):
         xy = np.where(weights, np.concatenate(decoded[mode]), clamped)
         out[key] = ap(xy)

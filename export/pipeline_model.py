@@ -526,7 +526,7 @@ def export_pipelines(model_path: str, output_dir: str, frame_size: Sequence[int]
 
 
 def frames_and_crops(tfrecords: str, split: str, card):
-    """tf.data of (frame uint8 [h, w, 3], eval crop uint8, eval labels) per record of
+    """tf.data of (frame uint8 [h, w, 3], eval crop uint8, eval labels) per person of
     ``split``, in file order: the whole decoded image beside what ``run.py eval`` feeds."""
     import tensorflow as tf
 
@@ -541,12 +541,12 @@ def frames_and_crops(tfrecords: str, split: str, card):
         raise RecordsError(f"{tfrecords}: no {split} records")
     parser = Parser(card.eval_parser_config(), card.keypoints)
 
-    def parse(serialized):
-        decoded = decoder.decode(serialized)
-        crop, labels = parser.parse_eval(decoded)
-        return decoded["image"], crop, labels
+    def parse(person):
+        frame = tf.io.decode_image(person["encoded"], channels=3, expand_animations=False)
+        crop, labels = parser.parse_eval(person)
+        return frame, crop, labels
 
-    return tf.data.TFRecordDataset(files).map(parse)
+    return decoder.persons(tf.data.TFRecordDataset(files)).map(parse)
 
 
 def agreement(pipeline_path: str, reference_path: str, tfrecords: str, split: str = "val",

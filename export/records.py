@@ -66,10 +66,11 @@ def check_spec(info: dict, spec: KeypointSpec, tfrecords: str) -> None:
 
 def eval_dataset(tfrecords: str, split: str, spec: KeypointSpec, input_size: Sequence[int],
                  stride: int, crop_mode: str, padding: float):
-    """tf.data of (image uint8 [H, W, 3], labels) from `split`, one example per record, records
-    drawn across shards in turn (the first N records cover every shard)."""
+    """tf.data of (image uint8 [H, W, 3], labels) from `split`, one example per person,
+    records drawn across shards in turn (the first N records cover every shard)."""
     import tensorflow as tf
 
+    from pipeline import decoder
     from pipeline.parser import Parser, ParserConfig
 
     files = split_files(tfrecords, split)
@@ -79,8 +80,8 @@ def eval_dataset(tfrecords: str, split: str, spec: KeypointSpec, input_size: Seq
                                  crop_mode=crop_mode, padding=float(padding)), spec)
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
         tf.data.TFRecordDataset, cycle_length=len(files), block_length=1)
-    return ds.map(lambda s: parser.parse_eval(parser.decode(s)), num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True)
+    return decoder.persons(ds).map(parser.parse_eval, num_parallel_calls=tf.data.AUTOTUNE,
+                                   deterministic=True)
 
 
 def load_crops(tfrecords: str, split: str, spec: KeypointSpec, input_size: Sequence[int],

@@ -12,10 +12,12 @@ is what convert_to_tfrecord.py and run.py call. It promises:
   is skipped and listed in dataset_info.json (file, record id, reason, message); every other
   record is written.
 - **Parallel.** Worker processes (spawned, one per core by default) read and check each image
-  once (JPEG: SOS/EOI markers + full decode; PNG: IEND + full decode) and serialize its
-  Examples; they load only TensorFlow's Example protobuf classes, not the TF runtime.
-- **Deterministic.** Records keep the reader's order (grouped by image), the j-th written
-  record of a split goes to shard ``j % num_shards``, Examples are serialized with sorted map
+  once (JPEG: SOS/EOI markers + full decode; PNG: IEND + full decode) and serialize its one
+  Example (all its persons that pass, schema version 2); they load only TensorFlow's Example
+  protobuf classes, not the TF runtime. ``count`` in dataset_info.json counts persons,
+  ``images`` the Examples.
+- **Deterministic.** Persons keep the reader's order (grouped by image), the j-th written
+  image of a split goes to shard ``j % num_shards``, Examples are serialized with sorted map
   keys and nothing time-dependent is stored: the same input gives the same shard bytes,
   whatever the number of workers.
 - **Atomic, all or nothing** (the dataset contract is pipeline.records). Each shard is written
@@ -81,7 +83,7 @@ from pipeline.sources import ConversionError, ReaderOptions, Skip, SourceData, v
 
 FORMATS = ("coco", "mpii", "custom", "dlc", "lsp")
 SPEC_PREFIX = "keypoints"              # keypoints_classes.txt etc. beside the records
-RECORDS_PER_SHARD = 1000               # automatic shard count: ceil(records / this)
+RECORDS_PER_SHARD = 1000               # automatic shard count: ceil(images / this)
 IMAGES_IN_FLIGHT_PER_WORKER = 16       # read-ahead of the worker pool
 KILL_ENV = "HG_CONVERT_KILL_AT"        # test hook: SIGKILL this process at a commit stage
 __all__ = ["convert_dataset", "encode_records", "verify_dataset", "ConversionError", "ConvertOptions",
@@ -99,7 +101,7 @@ class ConvertOptions:
     """Everything besides the format and the three paths; defaults match the CLI's."""
 
     split: Optional[str] = None          # split name (default: from the file / "train")
-    num_shards: Optional[int] = None     # per split; None: ceil(records / RECORDS_PER_SHARD)
+    num_shards: Optional[int] = None     # per split; None: ceil(images / RECORDS_PER_SHARD)
     box_padding: float = 1.0             # multiplies every stored scale
     num_workers: int = 0                 # 0: one per CPU core; 1: in this process
     classes_path: Optional[str] = None   # keypoint files (coco/mpii default to configs/)
@@ -399,8 +401,11 @@ class ImageTask:
 
 @dataclasses.dataclass
 class ImageResult:
+    """The image's one Example (None when every person was skipped) and its person count."""
+
     split: str
-    examples: list[bytes]
+    example: Optional[bytes]
+    persons: int
     skipped: list[Skip]
     reencoded: list[dict]
 
@@ -449,10 +454,11 @@ def _protobuf_only_tensorflow() -> None:
 
 
 def process_image(task: ImageTask, names: Optional[tuple[str, ...]] = None) -> ImageResult:
-    """Read and check one image, then serialize one Example per person (or skip them all)."""
-    from pipeline.schema import encode_example
+    """Read and check one image and its persons, then serialize one Example holding the
+    persons that pass (or skip them all)."""
+    from pipeline.schema import encode_example, person_features
     names = names or _NAMES
-    result = ImageResult(task.split, [], [], [])
+    result = ImageResult(task.split, None, 0, [], [])
 
     def skip(record, reason, message):
         result.skipped.append(Skip(task.split, task.filename, str(record.annotation_id), reason,
@@ -464,6 +470,7 @@ def process_image(task: ImageTask, names: Optional[tuple[str, ...]] = None) -> I
         for record in task.records:
             skip(record, e.reason, str(e))
         return result
+    kept = []
     for record in task.records:
         if (record.width, record.height) != (0, 0) and (record.width, record.height) != (width, height):
             skip(record, "size_mismatch", f"the annotations say {record.width}x{record.height}, the "
@@ -477,14 +484,17 @@ def process_image(task: ImageTask, names: Optional[tuple[str, ...]] = None) -> I
             continue
         record = dataclasses.replace(record, width=width, height=height)
         try:
-            example = encode_example(record, data, fmt, names, reencoded=source_format != fmt)
+            person_features(record, names)
         except (ValueError, TypeError, OverflowError) as e:
             skip(record, "bad_value", f"cannot be encoded: {e}")
             continue
-        result.examples.append(example)
+        kept.append(record)
         if source_format != fmt:
             result.reencoded.append({"file": task.filename, "record": str(record.annotation_id),
                                      "from": source_format, "to": fmt})
+    if kept:
+        result.example = encode_example(kept, data, fmt, names, reencoded=source_format != fmt)
+        result.persons = len(kept)
     return result
 
 
@@ -572,7 +582,8 @@ class SplitResult:
     num_shards: int
     temp_paths: list[str]
     final_names: list[str]
-    count: int = 0
+    count: int = 0          # persons written
+    images: int = 0         # Examples written (one per image)
     skipped: list[Skip] = dataclasses.field(default_factory=list)
     reencoded: list[dict] = dataclasses.field(default_factory=list)
     shard_bytes: list[int] = dataclasses.field(default_factory=list)
@@ -609,14 +620,14 @@ def _image_tasks(records: list[PersonRecord], split: str) -> list[ImageTask]:
 def encode_records(records: Sequence[PersonRecord], names: Sequence[str],
                    split: str = "train") -> tuple[list[bytes], list[Skip]]:
     """The serialized Examples the converter would write for ``records`` (each image read and
-    checked once, in this process, nothing written to disk), grouped by image in order of
-    first appearance, and the records skipped for their image or values (``Skip``s of
-    ``split``, with the reasons dataset_info.json lists)."""
+    checked once, in this process, nothing written to disk): one per image holding its
+    persons, images in order of first appearance; and the records skipped for their image or
+    values (``Skip``s of ``split``, with the reasons dataset_info.json lists)."""
     examples: list[bytes] = []
     skipped: list[Skip] = []
     for task in _image_tasks(list(records), split):
         result = process_image(task, tuple(names))
-        examples += result.examples
+        examples += [result.example] if result.example is not None else []
         skipped += result.skipped
     return examples, skipped
 
@@ -632,21 +643,24 @@ def _write_splits(source: SourceData, splits: list[str], output: str,
     tasks: list[ImageTask] = []
     for split in splits:
         records = source.records.get(split, [])
-        n = max(1, min(options.num_shards or math.ceil(len(records) / RECORDS_PER_SHARD), len(records)))
+        split_tasks = _image_tasks(records, split)
+        n = max(1, min(options.num_shards or math.ceil(len(split_tasks) / RECORDS_PER_SHARD),
+                       len(split_tasks)))
         finals = [shard_name(split, i, n) for i in range(n)]
         temps = [os.path.join(output, f"{name}.tmp-{os.getpid()}") for name in finals]
         results[split] = SplitResult(split, n, temps, finals,
                                      skipped=[s for s in source.skipped if s.split == split])
-        tasks += _image_tasks(records, split)
+        tasks += split_tasks
     try:
         for split, result in results.items():
             writers[split] = [tf.io.TFRecordWriter(p) for p in result.temp_paths]
         total = sum(len(t.records) for t in tasks)
         for image in _run_tasks(tasks, source.spec.names, options, total):
             result = results[image.split]
-            for example in image.examples:
-                writers[image.split][result.count % result.num_shards].write(example)
-                result.count += 1
+            if image.example is not None:
+                writers[image.split][result.images % result.num_shards].write(image.example)
+                result.images += 1
+                result.count += image.persons
             result.skipped += image.skipped
             result.reencoded += image.reencoded
         for ws in writers.values():
@@ -744,6 +758,7 @@ def _merge_info(existing: Optional[dict], spec: KeypointSpec, files: dict, fmt: 
     for split, r in results.items():
         splits[split] = {
             "count": r.count,
+            "images": r.images,
             "num_shards": len(r.final_names) if r.count else 0,
             "shards": r.final_names if r.count else [],
             "shard_bytes": r.shard_bytes if r.count else [],
@@ -774,24 +789,23 @@ def _merge_info(existing: Optional[dict], spec: KeypointSpec, files: dict, fmt: 
 
 def verify_dataset(output: str) -> list[str]:
     """Read every shard back; a list of problems (empty when the records match
-    dataset_info.json: shard files, record counts, and every record parses as
-    ``pipeline.decoder`` reads it, with one value per keypoint and this schema version)."""
+    dataset_info.json: shard files, person and image counts, and every record parses as
+    ``pipeline.decoder`` reads it, with K values per person and keypoint, in the folder's
+    schema version)."""
     import tensorflow as tf
 
-    from pipeline.decoder import KEYS
     from pipeline.records import verify_split
     try:
         info = read_dataset_info(output)
     except RecordsError as e:
         return [str(e)]
-    features = schema.parsing_spec(KEYS + (schema.FORMAT, schema.VERSION),
-                                   num_keypoints=len(info["keypoint_names"]))
     problems = []
     on_disk: dict[str, set] = {}
     for p in glob.glob(os.path.join(output, "*-of-*.tfrecord")):
         m = re.fullmatch(SHARD_RE, os.path.basename(p))
         if m:
             on_disk.setdefault(m["split"], set()).add(os.path.basename(p))
+    version = int(info.get("schema_version", SCHEMA_VERSION))
     for split in sorted(set(info.get("splits", {})) | set(on_disk)):
         entry = info.get("splits", {}).get(split)
         if entry is None:
@@ -802,36 +816,51 @@ def verify_dataset(output: str) -> list[str]:
             problems.append(f"{split}: {INFO_NAME} lists {sorted(listed)}, the folder has "
                             f"{sorted(on_disk.get(split, set()))}")
             continue
-        count = 0
+        persons = images = 0
         for name in sorted(listed):
-            n, error = _read_shard(tf, os.path.join(output, name), features)
-            count += n
+            n, m, error = _read_shard(tf, os.path.join(output, name), len(info["keypoint_names"]), version)
+            persons, images = persons + n, images + m
             if error:
                 problems.append(f"{split}/{name}: {error}")
-        if count != info["counts"].get(split):
-            problems.append(f"{split}: {count} records in the shards, {INFO_NAME} says "
+        if persons != info["counts"].get(split):
+            problems.append(f"{split}: {persons} persons in the shards, {INFO_NAME} says "
                             f"{info['counts'].get(split)}")
+        if "images" in entry and images != entry["images"]:
+            problems.append(f"{split}: {images} records (images) in the shards, {INFO_NAME} says "
+                            f"{entry['images']}")
         if listed:
             problems += verify_split(output, split, info)
     return problems
 
 
-def _read_shard(tf, path: str, features: dict) -> tuple[int, Optional[str]]:
-    """(records read, first problem or None) of one shard."""
-    count = 0
+def _read_shard(tf, path: str, num_keypoints: int, version: int) -> tuple[int, int, Optional[str]]:
+    """(persons read, records read, first problem or None) of one shard."""
+    from pipeline.decoder import decode_persons
+    features = schema.parsing_spec((schema.VERSION,))
+
+    def summary(serialized):
+        shape = tf.shape(decode_persons(serialized)["keypoints"])
+        return shape[0], shape[1], tf.io.parse_single_example(serialized, features)[schema.VERSION]
+
+    persons = images = 0
     try:
-        for batch in tf.data.TFRecordDataset(path).batch(256):
-            try:
-                parsed = tf.io.parse_example(batch, features)
-            except tf.errors.InvalidArgumentError as e:
-                return count, f"a record near #{count} does not parse: {e.message.splitlines()[0]}"
-            version = parsed[schema.VERSION].numpy()
-            if np.any(version != SCHEMA_VERSION):
-                return count, f"schema version {sorted(set(version.tolist()))}, expected {SCHEMA_VERSION}"
-            count += int(batch.shape[0])
+        for counts, ks, versions in tf.data.TFRecordDataset(path).map(summary).batch(256):
+            ks, versions = ks.numpy(), versions.numpy()
+            if np.any(ks != num_keypoints):
+                i = int(np.argmax(ks != num_keypoints))
+                return persons, images, (f"record #{images + i} holds {int(ks[i])} keypoints per "
+                                         f"person, {INFO_NAME} lists {num_keypoints}")
+            if np.any(versions != version):
+                return persons, images, (f"schema version {sorted(set(versions.tolist()))}, "
+                                         f"{INFO_NAME} says {version}")
+            persons += int(counts.numpy().sum())
+            images += int(counts.shape[0])
+    except tf.errors.InvalidArgumentError as e:
+        return persons, images, f"a record near #{images} does not parse: {e.message.splitlines()[0]}"
     except tf.errors.OpError as e:
-        return count, f"unreadable after {count} records ({type(e).__name__}: {e.message.splitlines()[0]})"
-    return count, None
+        return persons, images, (f"unreadable after {images} records ({type(e).__name__}: "
+                                 f"{e.message.splitlines()[0]})")
+    return persons, images, None
 
 
 # ------------------------------------------------------------------ run.py --dataset_path cache

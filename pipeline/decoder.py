@@ -1,10 +1,14 @@
-"""Serialized tf.train.Example (schema of ``pipeline.schema``) -> dict of tensors.
+"""Serialized tf.train.Example (schema of ``pipeline.schema``) -> dict of tensors, per person.
 
-``decode(serialized)`` returns:
+An Example holds one image and its N persons. ``decode_persons(serialized)`` returns every
+key below with a leading dimension N (the image fields repeated per person), so that
+``persons(records)`` (a map then ``unbatch``) turns a dataset of records into one of persons
+before any pixel is decoded. ``decode(serialized)`` reads a record of exactly one person (as
+schema version 1 wrote) into the dict without the leading dimension:
 
 | key | dtype, shape | meaning |
 |---|---|---|
-| image | uint8 [H, W, 3] | RGB, decoded once (JPEG or PNG; grey/RGBA -> RGB); not with image=False |
+| image | uint8 [H, W, 3] | RGB, decoded once (JPEG or PNG; grey/RGBA -> RGB); only ``decode(image=True)`` |
 | encoded | string [] | the encoded image bytes |
 | height, width | int32 [] | image size stored in the record (checked against the image) |
 | source_id | string [] | image id |
@@ -18,14 +22,14 @@
 | annotation_id | int64 [] | annotation id |
 | area | float32 [] | instance area px² |
 
-``decode(serialized, image=False)`` leaves the pixels encoded; ``read_window(decoded,
-window)`` then decodes just the rows and columns a crop reads: a JPEG through libjpeg-turbo's
-cropped decoding (``tf.io.decode_and_crop_jpeg``: the same pixels as a full decode, about
-a third less work for a typical person crop), other formats by a full decode and a slice.
+``read_window(decoded, window)`` decodes just the rows and columns a crop reads: a JPEG
+through libjpeg-turbo's cropped decoding (``tf.io.decode_and_crop_jpeg``: the same pixels as
+a full decode, about a third less work for a typical person crop), other formats by a full
+decode and a slice. So each person decodes only its own window, whatever else its image holds.
 
 Pure TF ops: usable inside ``tf.data.Dataset.map``. A record whose image size differs from
-its stored height/width, or whose keypoint fields disagree in length, fails with an error
-naming its filename and annotation id.
+its stored height/width, or whose per-person fields disagree in length, fails with an error
+naming its filename (and the annotation ids).
 """
 from __future__ import annotations
 
@@ -38,28 +42,67 @@ KEYS = (schema.ENCODED, schema.HEIGHT, schema.WIDTH, schema.SOURCE_ID, schema.FI
         schema.HG_X, schema.HG_Y, schema.KP_VISIBILITY, schema.HG_CENTER, schema.HG_SCALE,
         schema.HG_BBOX, schema.HG_HEAD_SIZE, schema.HG_ANNOTATION_ID, schema.AREA)
 FEATURES = schema.parsing_spec(KEYS)
+_IMAGE = {"encoded": schema.ENCODED, "source_id": schema.SOURCE_ID, "filename": schema.FILENAME}
+
+
+def decode_persons(serialized) -> dict:
+    """One serialized Example (tf.string scalar) -> dict of tensors with a leading dimension
+    N, one entry per person (keys of the module docstring, pixels left encoded)."""
+    parsed = tf.io.parse_single_example(serialized, FEATURES)
+    count = tf.size(parsed[schema.HG_SCALE])
+    image = {name: parsed[key] for name, key in _IMAGE.items()}
+    image["height"] = tf.cast(parsed[schema.HEIGHT], tf.int32)
+    image["width"] = tf.cast(parsed[schema.WIDTH], tf.int32)
+    ids = parsed[schema.HG_ANNOTATION_ID]
+    where = ["file:", image["filename"], "source_id:", image["source_id"], "annotation_ids:", ids]
+    k = tf.size(parsed[schema.HG_X]) // tf.maximum(count, 1)
+    head = parsed[schema.HG_HEAD_SIZE]
+    lengths = [(schema.HG_X, k), (schema.HG_Y, k), (schema.KP_VISIBILITY, k), (schema.HG_CENTER, 2),
+               (schema.HG_BBOX, 4), (schema.HG_ANNOTATION_ID, 1), (schema.AREA, 1)]
+    checks = [check(count > 0, "the record holds no person (image/object/keypoint_hg/scale is empty); "
+                               "re-convert it", where)]
+    checks += [check(tf.equal(tf.size(parsed[key]), count * width),
+                     f"{key} does not hold {'K' if width is k else width} value(s) per person "
+                     f"(persons: the length of {schema.HG_SCALE}); re-convert the record", where)
+               for key, width in lengths]
+    checks.append(check(tf.logical_or(tf.equal(tf.size(head), 0), tf.equal(tf.size(head), count)),
+                        f"{schema.HG_HEAD_SIZE} does not hold one value per person; re-convert the "
+                        "record", where))
+    with tf.control_dependencies(checks):
+        out = {name: tf.fill([count], value) for name, value in image.items()}
+        out["keypoints"] = tf.reshape(tf.stack([parsed[schema.HG_X], parsed[schema.HG_Y]], -1),
+                                      [count, k, 2])
+        out["visibility"] = tf.reshape(tf.cast(parsed[schema.KP_VISIBILITY], tf.int32), [count, k])
+        out["center"] = tf.reshape(parsed[schema.HG_CENTER], [count, 2])
+        out["scale"] = tf.identity(parsed[schema.HG_SCALE])
+        out["bbox"] = tf.reshape(parsed[schema.HG_BBOX], [count, 4])
+        out["head_size"] = tf.cond(tf.equal(tf.size(head), 0), lambda: tf.fill([count], -1.0),
+                                   lambda: head)
+        out["annotation_id"] = tf.identity(ids)
+        out["area"] = tf.identity(parsed[schema.AREA])
+    return out
+
+
+def persons(records: tf.data.Dataset, deterministic: bool = True) -> tf.data.Dataset:
+    """A dataset of serialized Examples -> a dataset of per-person dicts (pixels encoded), the
+    persons of each record in order, records in order unless ``deterministic`` is False."""
+    return records.map(decode_persons, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=deterministic).unbatch()
 
 
 def decode(serialized, image: bool = True) -> dict:
-    """One serialized Example (tf.string scalar) -> dict of tensors (see module docstring);
-    ``image=False`` skips decoding the pixels (``read_window`` decodes what a crop needs)."""
-    parsed = tf.io.parse_single_example(serialized, FEATURES)
-    out = {
-        "encoded": parsed[schema.ENCODED],
-        "height": tf.cast(parsed[schema.HEIGHT], tf.int32),
-        "width": tf.cast(parsed[schema.WIDTH], tf.int32),
-        "source_id": parsed[schema.SOURCE_ID],
-        "filename": parsed[schema.FILENAME],
-        "center": parsed[schema.HG_CENTER],
-        "scale": parsed[schema.HG_SCALE],
-        "bbox": parsed[schema.HG_BBOX],
-        "head_size": parsed[schema.HG_HEAD_SIZE],
-        "annotation_id": parsed[schema.HG_ANNOTATION_ID],
-        "area": parsed[schema.AREA],
-    }
-    out["keypoints"], out["visibility"] = _decode_keypoints(parsed, out)
+    """A record of exactly one person (what schema version 1 wrote; an error otherwise) ->
+    the dict of the module docstring; ``image=False`` skips decoding the pixels
+    (``read_window`` decodes what a crop needs)."""
+    many = decode_persons(serialized)
+    one = check(tf.equal(tf.shape(many["scale"])[0], 1),
+                "decode() reads a record of one person; read records of several with "
+                "pipeline.decoder.persons", ["file:", many["filename"][:1]])
+    with tf.control_dependencies([one]):
+        out = {name: tf.identity(value[0]) for name, value in many.items()}
+    out["keypoints"].set_shape([None, 2])
     if image:
-        out["image"] = _decode_image(parsed[schema.ENCODED], out)
+        out["image"] = _decode_image(out["encoded"], out)
     return out
 
 
@@ -108,21 +151,6 @@ def _where(out: dict) -> list:
 def check(condition, message: str, data: list):
     """Graph-safe assertion whose error lists ``message`` then ``data`` (record identity)."""
     return tf.debugging.Assert(condition, [message] + data, summarize=16)
-
-
-def _decode_keypoints(parsed: dict, out: dict):
-    x, y = parsed[schema.HG_X], parsed[schema.HG_Y]
-    vis = tf.cast(parsed[schema.KP_VISIBILITY], tf.int32)
-    checks = [
-        check(tf.equal(tf.size(x), tf.size(y)),
-              "keypoint_hg/x and keypoint_hg/y differ in length; re-convert the record", _where(out)),
-        check(tf.equal(tf.size(x), tf.size(vis)),
-              "keypoint_hg/x and keypoint/visibility differ in length; re-convert the record",
-              _where(out)),
-    ]
-    with tf.control_dependencies(checks):
-        keypoints = tf.stack([x, y], axis=-1)
-        return keypoints, tf.identity(vis)
 
 
 def _size_check(shape, out: dict):

@@ -6,15 +6,17 @@
 
 ``parser`` is a ``pipeline.parser.Parser`` (``parse_train`` or ``parse_eval`` is picked once,
 from ``is_training``) or a plain function of the mode's signature: ``fn(decoded, seed)`` in
-training, ``fn(decoded)`` in eval. ``decode_fn`` defaults to the parser's own ``decode``
-(``Parser.decode``: pixels left encoded for windowed decoding) or else
-``pipeline.decoder.decode``.
+training, ``fn(decoded)`` in eval, where ``decoded`` is one person. A record holds an image
+and all its persons; ``decode_fn`` (default ``pipeline.decoder.decode_persons``: pixels left
+encoded, each person's crop decodes only its window) reads a record into per-person tensors
+with a leading dimension, which are unbatched into persons before any pixel is decoded.
 
 Training: the shard files are listed once, sharded by input pipeline
 (``tf.distribute.InputContext``; by record instead when there are fewer files than
-pipelines), shuffled, repeated, read with ``interleave``, shuffled, then decoded + parsed in
-one parallel ``map``: each example gets its own stateless seed folded from the reader seed,
-the pipeline id and the example's running index. Batches are per replica
+pipelines), shuffled, repeated, read with ``interleave``, expanded into persons, shuffled
+(persons of different images mix), then parsed in one parallel ``map``: each example gets its
+own stateless seed folded from the reader seed, the pipeline id and the example's running
+index. Batches are per replica
 (``input_context.get_per_replica_batch_size``, ``drop_remainder``) and prefetched;
 parallelism is AUTOTUNE. The order is non-deterministic unless ``seed`` is given (then the
 same seed gives the same batches).
@@ -23,9 +25,10 @@ With ``data_service`` (``grpc://HOST:PORT``, training only) the same pipeline ru
 tf.data service's workers (``pipeline.data_service``): one definition for every consumer (not
 sharded by input pipeline: the dispatcher hands each file to one worker), the file order left
 to the dispatcher, each example's seed also folded with a hash of its record (workers count
-their examples independently), batches streamed back per replica.
+their examples independently: the person's image id and annotation id), batches streamed
+back per replica.
 
-Eval: files in sorted order, records in file order, every example exactly once, in order,
+Eval: files in sorted order, records in file order, every person exactly once, in order,
 the last partial batch kept.
 """
 from __future__ import annotations
@@ -56,7 +59,8 @@ def list_files(file_pattern: Union[str, Sequence[str]]) -> list[str]:
 
 
 class InputReader:
-    """Reads TFRecords into batches of ``parse(decode_fn(serialized)[, seed])``.
+    """Reads TFRecords into batches of ``parse(person[, seed])`` over the persons of
+    ``decode_fn(serialized)``.
 
     ``shard_by_input_pipeline``: split the data between input pipelines (each example read by
     one pipeline) or let every pipeline read everything. ``repeat``: training loops forever
@@ -78,7 +82,7 @@ class InputReader:
         self.repeat = repeat
         self.shuffle_buffer = shuffle_buffer
         self.cycle_length = cycle_length
-        self.decode_fn = decode_fn or getattr(parser, "decode", decoder.decode)
+        self.decode_fn = decode_fn or decoder.decode_persons
         self.data_service = data_service if is_training else None
         self.job_name = job_name
         if hasattr(parser, "parse_train"):
@@ -103,8 +107,7 @@ class InputReader:
             ds = self._parse_train(ds, pipeline_id)
         else:
             ds = self._eval_records(pipeline_id, num_pipelines)
-            ds = ds.map(lambda s: self.parse_fn(self.decode_fn(s)), num_parallel_calls=AUTOTUNE,
-                        deterministic=True)
+            ds = ds.map(self.parse_fn, num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.batch(batch, drop_remainder=self.is_training)
         ds = ds.prefetch(AUTOTUNE)
         options = tf.data.Options()
@@ -139,17 +142,25 @@ class InputReader:
                               deterministic=self.seed is not None)
         if shard_records:
             ds = ds.shard(num_pipelines, pipeline_id)
+        ds = self._persons(ds, deterministic=self.seed is not None)
         return ds.shuffle(self.shuffle_buffer, seed=self._seed, reshuffle_each_iteration=True)
+
+    def _persons(self, records: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
+        """Records -> one element per person (``decode_fn`` then unbatch)."""
+        return records.map(self.decode_fn, num_parallel_calls=AUTOTUNE,
+                           deterministic=deterministic).unbatch()
 
     def _parse_train(self, ds: tf.data.Dataset, pipeline_id: int) -> tf.data.Dataset:
         base = tf.constant([self._seed, pipeline_id], tf.int64)
 
-        def fn(index, serialized):
+        def fn(index, person):
             seed = tf.random.experimental.stateless_fold_in(base, index)
             if self.data_service:
+                identity = tf.strings.join(
+                    [person["source_id"], tf.strings.as_string(person["annotation_id"])], "/")
                 seed = tf.random.experimental.stateless_fold_in(
-                    seed, tf.strings.to_hash_bucket_fast(serialized, 2 ** 62))
-            return self.parse_fn(self.decode_fn(serialized), seed)
+                    seed, tf.strings.to_hash_bucket_fast(identity, 2 ** 62))
+            return self.parse_fn(person, seed)
 
         return ds.enumerate().map(fn, num_parallel_calls=AUTOTUNE, deterministic=self.seed is not None)
 
@@ -158,4 +169,4 @@ class InputReader:
         ds = files.interleave(tf.data.TFRecordDataset, cycle_length=1, block_length=1)
         if shard_records:
             ds = ds.shard(num_pipelines, pipeline_id)
-        return ds
+        return self._persons(ds, deterministic=True)

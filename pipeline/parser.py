@@ -1,10 +1,10 @@
 """Decoded record -> (model input, targets), in train or eval mode.
 
 ``Parser(config, spec)`` exposes ``parse_train(decoded, seed)`` and ``parse_eval(decoded)``;
-the input reader picks one when the pipeline is built, and decodes records with
-``Parser.decode`` (pixels left encoded: the crop decodes only the window it reads). Both
-parse functions also take records decoded whole (``pipeline.decoder.decode``), and both
-return ``(image, labels)``:
+the input reader picks one when the pipeline is built, and hands it one person at a time
+(``pipeline.decoder.decode_persons``: pixels left encoded, the crop decodes only the window it
+reads). Both parse functions also take persons decoded whole (``pipeline.decoder.decode``),
+and both return ``(image, labels)``:
 
 - image: uint8 [H, W, 3] RGB 0-255 (rounded and clipped after warp / jitter; the model
   normalizes).
@@ -135,8 +135,8 @@ class Parser:
         return image, labels
 
     def decode(self, serialized) -> dict:
-        """``pipeline.decoder.decode`` leaving the pixels encoded: the crop decodes only the
-        window it reads (``decoder.read_window``). The input reader uses this."""
+        """A record of one person (``pipeline.decoder.decode``) leaving the pixels encoded: the
+        crop decodes only the window it reads (``decoder.read_window``)."""
         return decoder.decode(serialized, image=False)
 
     def _crop(self, decoded: dict, matrix):

@@ -4,7 +4,10 @@ every reader checks it before reading.
 A folder holds ``dataset_info.json`` and the shards it lists, per split:
 ``splits[split]["shards"]`` (file names ``{split}-{i:05d}-of-{n:05d}.tfrecord``),
 ``["shard_bytes"]`` (each file's size) and ``["shard_sha256"]`` (each file's sha256),
-``["count"]`` (records). Readers never glob: ``split_files`` returns exactly the listed
+``["count"]`` (labelled persons; ``counts`` repeats them per split) and ``["images"]`` (records:
+one per image since schema version 2; absent in version-1 folders, where each record was one
+person). ``schema_version`` says which ``pipeline.schema`` layout the shards hold; readers
+take versions 1 and 2. Readers never glob: ``split_files`` returns exactly the listed
 shards after checking that each exists with its listed size, and raises ``RecordsError``
 (naming the file and the repair) otherwise. A folder with ``dataset_info.commit.json`` (the
 commit journal of pipeline.convert) is in the middle of a commit and is refused as a whole

@@ -45,15 +45,27 @@ def coco_records(coco_paths):
 
 
 @pytest.fixture(scope="session")
-def coco_examples(coco_records):
-    """Serialized Examples (bytes) of ``coco_records``, same order, encoded in memory as the
-    converter writes them (``pipeline.convert.encode_records``)."""
+def coco_image_examples(coco_records):
+    """Serialized Examples (bytes) of ``coco_records`` as the converter writes them
+    (``pipeline.convert.encode_records``): one per image, holding its persons."""
     from pipeline.convert import encode_records
 
     records, names = coco_records
     examples, skipped = encode_records(records, names)
     assert not skipped, [s.message for s in skipped]
     return examples
+
+
+@pytest.fixture(scope="session")
+def coco_examples(coco_records):
+    """One serialized Example per person of ``coco_records``, same order: what the converter
+    writes for an image holding only that person."""
+    from pipeline.convert import encode_records
+
+    records, names = coco_records
+    examples = [encode_records([r], names)[0] for r in records]
+    assert all(len(e) == 1 for e in examples)
+    return [e[0] for e in examples]
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +101,7 @@ def dlc_example():
         image_path=path, filename=filename, image_id=0, width=640, height=480,
         keypoints=np.concatenate([xy, np.full((len(names), 1), 2.0)], 1), center=center,
         scale=scale, bbox=(x0, y0, x1 - x0, y1 - y0), annotation_id=0, class_text="mouse")
-    return encode_example(record, blob, "png", names, reencoded=False), record, names
+    return encode_example([record], blob, "png", names, reencoded=False), record, names
 
 
 def write_shards(examples, directory, num_shards: int, prefix: str = "data") -> list[str]:

@@ -31,14 +31,19 @@ needs_mpii = pytest.mark.skipif(not os.path.isdir(MPII), reason=f"shared data no
 SERIAL = ConvertOptions(num_workers=1, quiet=True)
 
 
-def read_split(folder: str, split: str) -> list:
-    """Every tf.train.Example of a split, shards in name order."""
+def read_records(folder: str, split: str) -> list:
+    """Every serialized record (one per image) of a split, shards in name order."""
     import tensorflow as tf
-    out = []
-    for path in sorted(glob.glob(os.path.join(folder, f"{split}-*-of-*.tfrecord"))):
-        for raw in tf.data.TFRecordDataset(path):
-            out.append(tf.train.Example.FromString(raw.numpy()))
-    return out
+    return [raw.numpy() for path in sorted(glob.glob(os.path.join(folder, f"{split}-*-of-*.tfrecord")))
+            for raw in tf.data.TFRecordDataset(path)]
+
+
+def read_split(folder: str, split: str) -> list:
+    """Every person of a split as a one-person tf.train.Example (``schema.person_examples``),
+    records in shard-name order."""
+    import tensorflow as tf
+    return [tf.train.Example.FromString(p) for raw in read_records(folder, split)
+            for p in schema.person_examples(raw)]
 
 
 def feat(example, key):
@@ -69,7 +74,36 @@ def coco_converted(tmp_path_factory):
 # ----------------------------------------------------------------------------- COCO
 
 
-def test_coco_writes_one_example_per_usable_person_with_exact_values(coco_converted):
+def test_coco_writes_one_record_per_image_holding_its_persons(coco_converted):
+    """Schema 2: one Example per image, its bytes stored once, all its usable persons inside
+    (per-person fields N long, per-keypoint fields N·K, the names once per person)."""
+    import tensorflow as tf
+    out, info = coco_converted
+    data = load_coco()
+    usable = [a for a in data["annotations"]
+              if not a["iscrowd"] and any(v > 0 for v in a["keypoints"][2::3])]
+    by_image: dict = {}
+    for a in usable:
+        by_image.setdefault(a["image_id"], []).append(a["id"])
+    records = [tf.train.Example.FromString(r) for r in read_records(out, "val")]
+    assert len(records) == len(by_image) == info["splits"]["val"]["images"] < info["counts"]["val"]
+    k = len(builtin_spec("coco").names)
+    for e in records:
+        ids = feat(e, schema.HG_ANNOTATION_ID)
+        n = len(ids)
+        assert sorted(ids) == sorted(by_image[int(feat(e, schema.SOURCE_ID)[0])])
+        assert feat(e, schema.VERSION) == [schema.SCHEMA_VERSION] == [2]
+        assert len(feat(e, schema.ENCODED)) == 1
+        for key in (schema.BBOX_XMIN, schema.AREA, schema.HG_SCALE, schema.KP_NUM, schema.CLASS_LABEL):
+            assert len(feat(e, key)) == n, key
+        for key in (schema.KP_X, schema.KP_Y, schema.KP_VISIBILITY, schema.HG_X, schema.KP_TEXT):
+            assert len(feat(e, key)) == n * k, key
+        assert len(feat(e, schema.HG_BBOX)) == 4 * n and len(feat(e, schema.HG_CENTER)) == 2 * n
+    assert max(len(feat(e, schema.HG_SCALE)) for e in records) > 1     # the set has shared images
+
+
+
+def test_coco_writes_every_usable_person_with_exact_values(coco_converted):
     out, info = coco_converted
     data = load_coco()
     anns = {a["id"]: a for a in data["annotations"]}
@@ -427,7 +461,8 @@ def test_cli_verify_and_exit_codes(tmp_path, coco_converted):
            "--num_shards", "3", "--num_workers", "1", "--verify", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"val {coco_converted[1]['counts']['val']} records" in proc.stdout
+    info = coco_converted[1]
+    assert f"val {info['counts']['val']} persons in {info['splits']['val']['images']} images" in proc.stdout
     assert shard_bytes(out) == shard_bytes(coco_converted[0])
     # a damaged shard is found by verify
     victim = os.path.join(out, "val-00001-of-00003.tfrecord")
@@ -435,7 +470,7 @@ def test_cli_verify_and_exit_codes(tmp_path, coco_converted):
     open(victim, "wb").write(raw[: len(raw) // 2])
     problems = verify_dataset(out)
     assert any("val-00001-of-00003" in p for p in problems)
-    assert any("records in the shards" in p for p in problems)
+    assert any("persons in the shards" in p for p in problems)
     # unusable input: exit 2, a message naming the file
     bad = tmp_path / "bad.json"
     bad.write_text("{")

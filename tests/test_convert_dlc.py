@@ -31,10 +31,12 @@ def csv_rows() -> dict:
 
 
 def examples(folder: str, split: str) -> list:
+    """Every person of a split as a one-person Example (``schema.person_examples``)."""
     import tensorflow as tf
     out = []
     for path in sorted(glob.glob(os.path.join(folder, f"{split}-*-of-*.tfrecord"))):
-        out += [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+        out += [tf.train.Example.FromString(p) for r in tf.data.TFRecordDataset(path)
+                for p in schema.person_examples(r.numpy())]
     return out
 
 
@@ -133,7 +135,7 @@ def test_multi_animal_header_empty_cells_and_config_skeleton(tmp_path):
     out = str(tmp_path / "out")
     info = convert_dataset("dlc", str(path), IMAGES, out, split="train",
                            options=ConvertOptions(num_workers=1, quiet=True, dlc_config=str(config)))
-    assert info["counts"] == {"train": 5}
+    assert info["counts"] == {"train": 5} and info["splits"]["train"]["images"] == 3   # one record per frame
     assert info["splits"]["train"]["skipped"]["by_reason"] == {"no_labelled_keypoints": 1}
     assert info["skeleton"] == [["snout", "tailbase", "r"], ["leftear", "rightear", "r"]]
     got = {values(e, schema.HG_ANNOTATION_ID)[0]: e for e in examples(out, "train")}

@@ -119,7 +119,7 @@ def test_cli_converts_a_partial_folder_with_one_summary_line(tmp_path):
          "--images", images, "--val_images", str(val), "--output", str(out), "--num_workers", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "train 24, val 6 records, 14 keypoints" in proc.stdout
+    assert "train 24 persons in 24 images, val 6 persons in 6 images, 14 keypoints" in proc.stdout
     assert proc.stdout.count("im0") <= 2, proc.stdout        # never one line per missing entry
     assert "9970 entries have no image file" in proc.stdout
     info = json.loads((out / "dataset_info.json").read_text())

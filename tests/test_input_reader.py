@@ -136,3 +136,141 @@ def test_distribute_datasets_from_function_gives_per_replica_batches(shards, ids
     assert out.returncode == 0, out.stderr[-3000:]
     line = [x for x in out.stdout.splitlines() if x.startswith("SEEN")][0]
     assert sorted(json.loads(line[5:])) == sorted(int(a) for a in ids)
+
+
+# ----------------------------------------------------------------------------- records of many persons
+
+
+@pytest.fixture(scope="module")
+def image_shards(tmp_path_factory, coco_image_examples):
+    """3 shards of the 17 COCO images (schema 2: each record holds its image's persons)."""
+    return write_shards(coco_image_examples, tmp_path_factory.mktemp("image_records"), 3)
+
+
+def _image_of(coco_records):
+    return {r.annotation_id: r.image_id for r in coco_records[0]}
+
+
+def test_eval_expands_every_person_of_every_image_in_record_order(image_shards, coco_image_examples,
+                                                                  shards, coco_spec):
+    """Eval over one-record-per-image shards gives each person once, persons of a record in
+    order, with exactly the labels (crop, heatmaps, matrix) of the same person read from a
+    record of its own."""
+    from pipeline import schema
+    per_image = InputReader(image_shards, Parser(SMALL, coco_spec), is_training=False, global_batch_size=8)
+    per_person = InputReader(shards, Parser(SMALL, coco_spec), is_training=False, global_batch_size=8)
+
+    def collect(reader):
+        out = {}
+        for images, labels in reader(None):
+            for i, a in enumerate(labels["annotation_id"].numpy()):
+                out[int(a)] = (images[i].numpy(), labels["heatmaps"][i].numpy(), labels["matrix"][i].numpy())
+        return out
+
+    order = [int(a) for _, labels in per_image(None) for a in labels["annotation_id"].numpy()]
+
+    def annotation_id(person):
+        feature = tf.train.Example.FromString(person).features.feature
+        return feature[schema.HG_ANNOTATION_ID].int64_list.value[0]
+
+    expected = [annotation_id(p) for s in range(3) for e in coco_image_examples[s::3]
+                for p in schema.person_examples(e)]
+    assert order == expected and len(order) == 40 and len(set(order)) == 40
+    a, b = collect(per_image), collect(per_person)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        for x, y in zip(a[key], b[key]):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_train_epoch_sees_every_person_once_and_mixes_images(image_shards, coco_records):
+    reader = InputReader(image_shards, _identity_parse, is_training=True, global_batch_size=1, seed=3,
+                         repeat=False, shuffle_buffer=64)
+    got = [int(b["annotation_id"][0]) for b in reader(None)]
+    assert sorted(got) == sorted(r.annotation_id for r in coco_records[0])
+    image = _image_of(coco_records)
+    adjacent_same = sum(image[x] == image[y] for x, y in zip(got, got[1:]))
+    in_record_order = len(image) - len(set(image.values()))
+    assert adjacent_same < in_record_order / 2      # 23 neighbours share an image in record order
+
+
+def test_records_of_schema_1_still_read(tmp_path, image_shards, coco_image_examples, coco_spec):
+    """Version 1 wrote one person per record: read through the same reader, same persons and
+    labels as version 2; `--verify` accepts a version-1 folder as it is."""
+    from pipeline import schema
+    from pipeline.convert import verify_dataset
+    from pipeline.records import INFO_NAME, shard_name
+    v1 = [p for e in coco_image_examples for p in schema.person_examples(e)]
+    assert all(tf.train.Example.FromString(p).features.feature[schema.VERSION].int64_list.value == [1]
+               for p in v1)
+    path = str(tmp_path / shard_name("val", 0, 1))
+    with tf.io.TFRecordWriter(path) as w:
+        for p in v1:
+            w.write(p)
+    old = InputReader([path], Parser(SMALL, coco_spec), is_training=False, global_batch_size=40)
+    new = InputReader(image_shards, Parser(SMALL, coco_spec), is_training=False, global_batch_size=40)
+    (old_images, old_labels), = list(old(None))
+    new_by_id = {}
+    for images, labels in new(None):
+        for i, a in enumerate(labels["annotation_id"].numpy()):
+            new_by_id[int(a)] = images[i].numpy()
+    for i, a in enumerate(old_labels["annotation_id"].numpy()):
+        np.testing.assert_array_equal(old_images[i].numpy(), new_by_id[int(a)])
+    info = {"schema_version": 1, "keypoint_names": list(coco_spec.names), "counts": {"val": 40},
+            "splits": {"val": {"count": 40, "shards": [os.path.basename(path)],
+                               "shard_bytes": [os.path.getsize(path)]}}}
+    with open(tmp_path / INFO_NAME, "w") as f:
+        json.dump(info, f)
+    assert verify_dataset(str(tmp_path)) == []
+
+
+def test_one_person_decode_refuses_a_record_of_several(coco_image_examples):
+    from pipeline import decoder, schema
+    many = next(e for e in coco_image_examples if len(schema.person_examples(e)) > 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="pipeline.decoder.persons"):
+        decoder.decode(tf.constant(many))
+
+
+MODEL_GARDEN_FEATURES = {   # the keys Model Garden's TfExampleDecoder parses, with its types
+    "image/encoded": tf.io.FixedLenFeature((), tf.string),
+    "image/height": tf.io.FixedLenFeature((), tf.int64),
+    "image/width": tf.io.FixedLenFeature((), tf.int64),
+    "image/source_id": tf.io.FixedLenFeature((), tf.string),
+    "image/object/bbox/xmin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymax": tf.io.VarLenFeature(tf.float32),
+    "image/object/class/label": tf.io.VarLenFeature(tf.int64),
+    "image/object/area": tf.io.VarLenFeature(tf.float32),
+    "image/object/is_crowd": tf.io.VarLenFeature(tf.int64),
+    "image/object/keypoint/x": tf.io.VarLenFeature(tf.float32),       # the OD API's keypoint keys
+    "image/object/keypoint/y": tf.io.VarLenFeature(tf.float32),
+    "image/object/keypoint/visibility": tf.io.VarLenFeature(tf.int64),
+}
+
+
+def test_object_detection_readers_get_every_person_box_and_keypoints(coco_image_examples, coco_records):
+    """Parsed with the TF OD API / Model Garden keys and types: N normalized boxes and N·K
+    normalized keypoints per record, equal to each person's own values."""
+    records, names = coco_records
+    by_id = {r.annotation_id: r for r in records}
+    from pipeline import schema
+    k = len(names)
+    for example in coco_image_examples:
+        parsed = tf.io.parse_single_example(example, MODEL_GARDEN_FEATURES)
+        dense = {key: tf.sparse.to_dense(v).numpy() if isinstance(v, tf.SparseTensor) else v.numpy()
+                 for key, v in parsed.items()}
+        ids = tf.train.Example.FromString(example).features.feature[schema.HG_ANNOTATION_ID].int64_list.value
+        n = len(ids)
+        w, h = float(dense["image/width"]), float(dense["image/height"])
+        assert dense["image/object/class/label"].tolist() == [1] * n
+        xs = dense["image/object/keypoint/x"].reshape(n, k)
+        vis = dense["image/object/keypoint/visibility"].reshape(n, k)
+        for i, a in enumerate(ids):
+            r = by_id[a]
+            x, y, bw, bh = r.bbox
+            box = [dense["image/object/bbox/xmin"][i] * w, dense["image/object/bbox/ymax"][i] * h]
+            np.testing.assert_allclose(box, [x, y + bh], rtol=1e-5)
+            labelled = r.keypoints[:, 2] > 0
+            np.testing.assert_allclose(xs[i][labelled] * w, r.keypoints[labelled, 0], rtol=1e-5, atol=1e-3)
+            assert vis[i].tolist() == r.keypoints[:, 2].astype(int).tolist()
