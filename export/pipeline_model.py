@@ -12,12 +12,13 @@ writes ``<stem>_<float32|float16|dynamic|int8>_pipeline.tflite``:
   ``confidence`` float32 [1, K] (heatmap maximum).
 
 Inside, as evaluation does it (``pipeline.parser.Parser.parse_eval``, ``model.predictor``):
-the crop affine of the box (``pipeline.affine.crop_matrix`` on the box's centre and scale, or
-on its region letterboxed for a ``frame`` crop model), bilinear sampling of the crop pixel
-centres mapped back to the frame (four GATHERs, constant 0 outside the frame, rounded to
-0..255 like ``affine.to_uint8``), the network's last stack, the codec's decoder with the
-card's refinement (``HeatmapCodec.decode``, DARK by default) and the inverse affine. Builtin
-TFLite ops only (``check_builtin_ops``).
+the crop of the box (centre x + w / 2, side max(w, h) = 200 · scale; a ``frame`` crop model
+letterboxes the box's region), sampled bit for bit as eval samples it (``box_crop_matrix``,
+``sample_crop``: ``affine.crop_matrix``'s float64 steps in float32 pairs, then
+``tf.image.crop_and_resize``'s float32 arithmetic by four GATHERs, 0 past the frame, rounded
+like ``affine.to_uint8``), the network's last stack, the codec's decoder with the card's
+refinement (``HeatmapCodec.decode``, DARK by default) and the inverse affine. Builtin TFLite
+ops only (``check_builtin_ops``). A record's crop is named exactly by ``record_box``.
 
 The network is the one ``python -m export`` converts for that mode (``wrap_model``; for int8
 ``integer_graph``, calibrated on the same eval crops), so on the crop it samples the pipeline
@@ -93,20 +94,142 @@ def check_pipeline_args(args) -> None:
 
 
 def box_crop_matrix(box, card):
-    """float32 [3, 3] frame px -> crop px of ``box`` (x, y, w, h) [4]: the crop of
-    ``Predictor.crop_matrix`` for a box model (centre and scale of
-    ``coords.box_to_center_scale``), the box's region letterboxed for a ``frame`` model
-    (``affine.frame_center_scale``; the whole frame gives the eval crop). Computed in float32."""
+    """float32 [3, 3] frame px -> crop px of ``box`` (x, y, w, h) [4]: bit for bit the matrix
+    ``Parser.parse_eval`` gives the crop of the square of side max(w, h) = 200 · scale
+    centred on the box's centre (``coords.box_to_center_scale``; ``affine.crop_matrix`` takes
+    that square with a float32 corner, which a record's box is, ``record_box``); for a
+    ``frame`` model, of the box's region letterboxed (``affine.frame_center_scale``: the whole
+    frame gives the eval crop). ``affine.crop_matrix`` rounds the exact matrix to float32
+    after float64 steps; here the steps are float32 pairs (``_Pair``), rounded once: the same
+    float32 numbers."""
     import tensorflow as tf
 
     from pipeline import affine, coords
     xy, wh = box[:2], box[2:]
     if card.crop_mode == "frame":
-        center, scale = affine.frame_center_scale(tf.stack([wh[1], wh[0]]), card.padding, card.input_size)
-        center = xy + center
-    else:   # coords.box_to_center_scale on tensors
-        center, scale = xy + wh / 2.0, tf.reduce_max(wh) / coords.PIXELS_PER_SCALE
-    return affine.crop_matrix(center, scale, card.padding, card.input_size, dtype=tf.float32)
+        center, scale = affine.frame_center_scale(tf.stack([wh[1], wh[0]]), card.padding,
+                                                  card.input_size, zero=_runtime_zero(box[2]))
+        side = coords.PIXELS_PER_SCALE * scale                       # float32, as eval
+        corner = xy + center - side / 2.0                            # eval's float32 square
+        centers = [_Pair.exact_sum(corner[i], side / 2.0) for i in range(2)]
+    else:   # the box's centre, exactly
+        side = tf.reduce_max(wh)
+        centers = [_Pair.exact_sum(xy[i], wh[i] / 2.0) for i in range(2)]
+    in_h, in_w = (float(v) for v in card.input_size)
+    span = _Pair.product(card.padding, side).rounded()          # the padded side, float32
+    shortest = min(in_h, in_w)
+
+    def shift(half, c):     # (half · span - shortest · c) / span, its products exact
+        high = _Pair.sum(_Pair.exact_product(half, span), _Pair.exact_product(-shortest, c.hi))
+        return _Pair.sum(high, _Pair.exact_product(-shortest, c.lo)).divide(span).rounded()
+
+    zoom, zero, one = shortest / span, tf.constant(0.0), tf.constant(1.0)
+    tx, ty = shift(in_w / 2.0, centers[0]), shift(in_h / 2.0, centers[1])
+    return tf.reshape(tf.stack([zoom, zero, tx, zero, zoom, ty, zero, zero, one]), [3, 3])
+
+
+def record_box(center, scale) -> np.ndarray:
+    """The float32 box (x, y, w, h) whose crop (``box_crop_matrix``) is the one
+    ``Parser.parse_eval`` takes for a record's ``center`` and ``scale``: the square of side
+    200 · scale with ``affine.crop_matrix``'s float32 corner."""
+    from pipeline import coords
+    side = np.float32(coords.PIXELS_PER_SCALE * np.float64(np.float32(scale)))
+    corner = (np.asarray(center, np.float32).astype(np.float64) - np.float64(side) / 2.0).astype(np.float32)
+    return np.array([corner[0], corner[1], side, side], np.float32)
+
+
+class _Pair:
+    """A float32 pair hi + lo holding ~48 bits (double-float arithmetic, Dekker's products
+    without FMA), so that float64 results rounded to float32 come out of float32 builtin ops
+    (TFLite has no float64). Inputs are float32 scalars or constants."""
+
+    SPLIT = 4097.0    # 2**12 + 1: splits a float32 into two 12-bit halves
+
+    def __init__(self, hi, lo):
+        self.hi, self.lo = hi, lo
+
+    @staticmethod
+    def constant(value: float) -> "_Pair":
+        hi = np.float32(value)
+        return _Pair(float(hi), float(np.float32(value - float(hi))))
+
+    @staticmethod
+    def _split(a):
+        t = a * _Pair.SPLIT
+        hi = t - (t - a)
+        return hi, a - hi
+
+    @staticmethod
+    def exact_product(a, b) -> "_Pair":
+        """a · b exactly (float32 a, b)."""
+        a, b = _float32(a), _float32(b)
+        p = a * b
+        ah, al = _Pair._split(a)
+        bh, bl = _Pair._split(b)
+        return _Pair(p, ((ah * bh - p) + ah * bl + al * bh) + al * bl)
+
+    @staticmethod
+    def exact_sum(a, b) -> "_Pair":
+        """a + b exactly (float32 a, b)."""
+        a, b = _float32(a), _float32(b)
+        s = a + b
+        v = s - a
+        return _Pair(s, (a - (s - v)) + (b - v))
+
+    @staticmethod
+    def product(constant: float, b) -> "_Pair":
+        """A Python float times a float32 tensor."""
+        c = _Pair.constant(constant)
+        p = _Pair.exact_product(c.hi, b)
+        return _Pair.normal(p.hi, p.lo + c.lo * b)
+
+    @staticmethod
+    def sum(first: "_Pair", second: "_Pair") -> "_Pair":
+        """first + second, accurate even where they nearly cancel."""
+        high, low = _Pair.exact_sum(first.hi, second.hi), _Pair.exact_sum(first.lo, second.lo)
+        top = _Pair.exact_sum(high.hi, low.hi)
+        return _Pair.normal(top.hi, (high.lo + low.lo) + top.lo)
+
+    @staticmethod
+    def normal(hi, lo) -> "_Pair":
+        """The pair with hi = hi + lo rounded (|hi| >= |lo|)."""
+        s = hi + lo
+        return _Pair(s, lo - (s - hi))
+
+    def rounded(self):
+        """The float32 nearest the pair's value."""
+        return self.hi + self.lo
+
+    def add(self, b) -> "_Pair":
+        """Pair + float32 b."""
+        s = _Pair.exact_sum(self.hi, b)
+        return _Pair.normal(s.hi, s.lo + self.lo)
+
+    def divide(self, d) -> "_Pair":
+        """Pair / d, d a pair or a float32 (one correction of the float32 quotient)."""
+        d = d if isinstance(d, _Pair) else _Pair(d, 0.0)
+        q = self.hi / d.hi
+        p = _Pair.exact_product(q, d.hi)
+        return _Pair.normal(q, ((((self.hi - p.hi) - p.lo) + self.lo) - q * d.lo) / d.hi)
+
+    def floor(self):
+        """floor(hi + lo) (float32) of a normal pair."""
+        import tensorflow as tf
+        down = tf.floor(self.hi)
+        return down - tf.cast((self.hi == down) & (self.lo < 0.0), down.dtype)
+
+
+def _float32(value):
+    """A float32 tensor of ``value`` (Python numbers too: the pair arithmetic is float32's)."""
+    import tensorflow as tf
+    return tf.convert_to_tensor(value, tf.float32)
+
+
+def _runtime_zero(tensor):
+    """A float32 0 that TFLite's converter cannot fold: added to a constant divisor, it keeps
+    the division (the converter would multiply by the rounded reciprocal, another rounding)."""
+    import tensorflow as tf
+    return tf.minimum(tf.abs(tensor), 0.0)
 
 
 def invert_affine(matrix):
@@ -121,35 +244,66 @@ def invert_affine(matrix):
                                 0.0, 0.0, 1.0]), [3, 3])
 
 
-def sample_crop(image, inverse, output_size: Sequence[int]):
-    """float32 [h, w, C] crop of ``image`` [H, W, C] or [1, H, W, C] (uint8): bilinear at the
-    crop pixel centres mapped to the frame by ``inverse`` (crop px -> frame px), constant 0
-    outside the frame, rounded half up to 0..255: the pixels of ``pipeline.affine.crop_float``
-    + ``to_uint8``, by four GATHERs from the flattened frame (reshaped whole: a slice of the
-    batch would copy it, 14 ms for 640x640 in LiteRT)."""
-    import tensorflow as tf
+def _axis_samples(zoom, shift, count: int, length: int):
+    """One axis of ``sample_crop`` (zoom and shift of the crop matrix, ``count`` crop pixels, a
+    frame ``length`` px long): the frame pixels each crop pixel blends (int32 [count] twice),
+    whether each may be read (bool [count] twice), the blend weight (float32 [count]) and
+    whether the sample is inside the window at all (bool [count]).
 
-    from pipeline import affine
+    Exactly ``affine.crop_window`` + ``resize_window``: the window's first pixel ``start``
+    (one before the first sample, clipped to 0) and its end unclipped by the frame; its
+    float64 box coordinates (sample position + 1 - start) / (window + 1) rounded to float32,
+    here from float32 pairs; then ``tf.image.crop_and_resize``'s float32 arithmetic on the
+    window with its one-pixel border."""
+    import tensorflow as tf
+    # pixel index of the first and last sample: ((j + 0.5) - shift) / zoom - 0.5
+    first = _Pair.exact_sum(tf.constant(0.5), -shift).divide(zoom).add(-0.5)
+    last = _Pair.exact_sum(tf.constant(count - 0.5), -shift).divide(zoom).add(-0.5)
+    start = tf.clip_by_value(first.floor() - 1.0, 0.0, length - 1.0)
+    end = tf.maximum(last.floor() + 3.0, start + 1.0)
+    scale = end - start + 1.0                                # padded window size - 1
+    top = first.add(1.0 - start).divide(scale).rounded()      # crop_and_resize's box
+    bottom = last.add(1.0 - start).divide(scale).rounded()
+    step = ((bottom - top) * scale) / (float(count - 1) + _runtime_zero(zoom))
+    position = top * scale + tf.range(count, dtype=tf.float32) * step
+    inside = (position >= 0.0) & (position <= scale)
+    low, high = tf.floor(position), tf.math.ceil(position)
+
+    def pixel(index):    # padded window index -> frame pixel, readable when on the window
+        frame = index - 1.0 + start
+        ok = (index >= 1.0) & (index <= scale - 1.0) & (frame >= 0.0) & (frame <= length - 1.0)
+        return tf.cast(tf.clip_by_value(frame, 0.0, length - 1.0), tf.int32), ok
+
+    (low_px, low_ok), (high_px, high_ok) = pixel(low), pixel(high)
+    return low_px, high_px, low_ok, high_ok, position - low, inside
+
+
+def sample_crop(image, matrix, output_size: Sequence[int]):
+    """float32 [h, w, C] crop (0..255 integers) of ``image`` [H, W, C] or [1, H, W, C] (uint8)
+    for an axis-aligned crop ``matrix`` (frame px -> crop px, ``box_crop_matrix``): bit for
+    bit the pixels of ``Parser.parse_eval`` (``affine.crop_window`` then ``to_uint8``) on
+    the frame the image holds, wherever in the frame it ends, since past its end the frame
+    is 0 like eval's fill (``_axis_samples``). Four GATHERs from the flattened frame
+    (reshaped whole: a slice of the batch would copy it, 14 ms for 640x640 in LiteRT)."""
+    import tensorflow as tf
     out_h, out_w = int(output_size[0]), int(output_size[1])
     height, width, channels = (int(v) for v in image.shape[-3:])
-    x = tf.range(out_w, dtype=tf.float32) + 0.5
-    y = tf.range(out_h, dtype=tf.float32) + 0.5
-    grid = tf.stack([tf.tile(x[tf.newaxis], [out_h, 1]), tf.tile(y[:, tf.newaxis], [1, out_w])], -1)
-    source = affine.transform_points(inverse, tf.reshape(grid, [-1, 2])) - 0.5   # pixel indices
-    x0, y0 = tf.floor(source[:, 0]), tf.floor(source[:, 1])
-    fx, fy = (source[:, 0] - x0)[:, tf.newaxis], (source[:, 1] - y0)[:, tf.newaxis]
-    col, row = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    rows = _axis_samples(matrix[1, 1], matrix[1, 2], out_h, height)
+    cols = _axis_samples(matrix[0, 0], matrix[0, 2], out_w, width)
     pixels = tf.reshape(image, [height * width, channels])
 
     def read(r, c):
-        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-        index = tf.clip_by_value(r, 0, height - 1) * width + tf.clip_by_value(c, 0, width - 1)
-        return tf.cast(tf.gather(pixels, index), tf.float32) * tf.cast(inside, tf.float32)[:, tf.newaxis]
+        index = rows[r][:, tf.newaxis] * width + cols[c][tf.newaxis, :]
+        ok = rows[r + 2][:, tf.newaxis] & cols[c + 2][tf.newaxis, :]
+        return tf.cast(tf.gather(pixels, index), tf.float32) * tf.cast(ok, tf.float32)[..., tf.newaxis]
 
-    top = read(row, col) * (1.0 - fx) + read(row, col + 1) * fx
-    bottom = read(row + 1, col) * (1.0 - fx) + read(row + 1, col + 1) * fx
-    crop = tf.clip_by_value(tf.floor(top * (1.0 - fy) + bottom * fy + 0.5), 0.0, 255.0)
-    return tf.reshape(crop, [out_h, out_w, channels])
+    x_weight, y_weight = cols[4][tf.newaxis, :, tf.newaxis], rows[4][:, tf.newaxis, tf.newaxis]
+    top_left, top_right, bottom_left, bottom_right = read(0, 0), read(0, 1), read(1, 0), read(1, 1)
+    top = top_left + (top_right - top_left) * x_weight            # crop_and_resize's blend
+    bottom = bottom_left + (bottom_right - bottom_left) * x_weight
+    value = top + (bottom - top) * y_weight
+    value = value * tf.cast(rows[5][:, tf.newaxis] & cols[5][tf.newaxis, :], tf.float32)[..., tf.newaxis]
+    return tf.floor(tf.clip_by_value(value, 0.0, 255.0) + 0.5)    # affine.to_uint8's rounding
 
 
 def _layers():
@@ -165,9 +319,8 @@ def _layers():
 
         def call(self, image, box):
             matrix = box_crop_matrix(box[0], self.card)
-            inverse = invert_affine(matrix)
-            crop = sample_crop(image, inverse, self.card.input_size)
-            return crop[None], inverse[None]
+            crop = sample_crop(image, matrix, self.card.input_size)
+            return crop[None], invert_affine(matrix)[None]
 
         def compute_output_shape(self, image_shape, box_shape):
             h, w = self.card.input_size
@@ -462,7 +615,8 @@ def pipeline_card(source, quantization: str, frame_size: Sequence[int], data: by
                "[0, 0, width, height] when there is no box",
         "keypoints": "float32 [1, K, 2] x, y in frame pixels (0-based, pixel centres at +0.5)",
         "confidence": "float32 [1, K] heatmap maximum",
-        "crop": crop, "sampling": "bilinear, 0 outside the frame, rounded to 0..255",
+        "crop": crop, "sampling": "bilinear, 0 outside the frame, rounded to 0..255: the "
+                                  "evaluation crop's pixels, bit for bit",
         "refine": source.refine,
         "network": NETWORK_QUANTIZATION[quantization],
         "geometry": GEOMETRY,
@@ -549,22 +703,29 @@ def frames_and_crops(tfrecords: str, split: str, card):
     return decoder.persons(tf.data.TFRecordDataset(files)).map(parse)
 
 
+HALF_PX = 0.5          # the agreement with run.py eval the issue asks for: keypoints within
+WITHIN_HALF_PX = 0.99  # half a pixel of eval's, for 99% of them (``agreement_problem``)
+
+
 def agreement(pipeline_path: str, reference_path: str, tfrecords: str, split: str = "val",
               max_examples: Optional[int] = None) -> dict:
     """The pipeline file's keypoints against ``run.py eval``'s for ``reference_path`` (the
     model it was exported from, or a crop model of the same quantization) on the same
-    records: frame -> pipeline (box: the record's crop box, the whole frame for a ``frame``
-    crop model) vs eval crop -> ``Predictor`` (the card's refinement, no flip) -> inverse crop
-    affine. Returns pixel distances over every predicted keypoint (``max_px``, ``mean_px``,
-    ``median_px``, ``p99_px``, ``over_half_px``), over labelled ones (``labelled_max_px``),
-    the largest in crop pixels (``max_crop_px``: frame px times the crop's zoom), the largest
-    confidence difference and COCO OKS AP of both against the records' ground truth
-    (``ap_reference``, ``ap_pipeline``)."""
+    records: frame -> pipeline (box: ``record_box``, the record's crop exactly; the whole
+    frame for a ``frame`` crop model) vs eval crop -> ``Predictor`` (the card's refinement, no
+    flip) -> inverse crop affine. Returns pixel distances over every predicted keypoint
+    (``max_px``, ``mean_px``, ``median_px``, ``p99_px``, ``over_half_px`` and its fraction),
+    over labelled ones (``labelled_max_px``), the largest in crop pixels (``max_crop_px``:
+    frame px times the crop's zoom), the largest confidence difference, PCK of both on the
+    eval crops (``pck_reference``, ``pck_pipeline``, ``run.py eval``'s threshold) and COCO
+    OKS AP of both against the records' ground truth (``ap_reference``, ``ap_pipeline``)
+    where the keypoints have OKS sigmas; ``skipped_frames``: images larger than the
+    pipeline's frame (not compared)."""
     from model.evaluation import coco_ground_truth, ground_truth_annotation
-    from model.metrics import coco_keypoint_ap, coco_result
+    from model.metrics import coco_keypoint_ap, coco_result, pck_counts, pck_threshold_px
     from model.predictor import Predictor
     from model.runner import PipelineRunner, load_runner
-    from pipeline.sources import square_box
+    from pipeline import affine
 
     pipeline = PipelineRunner(pipeline_path)
     reference = load_runner(reference_path)
@@ -575,38 +736,67 @@ def agreement(pipeline_path: str, reference_path: str, tfrecords: str, split: st
     dataset = frames_and_crops(tfrecords, split, card)
     if max_examples:
         dataset = dataset.take(int(max_examples))
+    threshold = pck_threshold_px(card.input_size, card.output_stride)
     distances, crop_distances, labelled, conf_diff = [], [], [], []
     ours, theirs, truth = [], [], []
+    pck = {"pipeline": np.zeros(2), "reference": np.zeros(2)}
+    skipped = 0
     for frame, crop, labels in dataset:
         labels = {k: v.numpy() for k, v in labels.items()}
+        frame = frame.numpy()
+        if frame.shape[0] > pipeline.frame_size[0] or frame.shape[1] > pipeline.frame_size[1]:
+            skipped += 1
+            continue
         coords, conf = predictor.crop_keypoints(crop.numpy()[None])
         expected = predictor.to_image(coords, labels["matrix"][None])[0]
-        box = None if card.crop_mode == "frame" else square_box(labels["center"], float(labels["scale"]))
-        keypoints, confidence = pipeline(frame.numpy(), box)
+        box = None if card.crop_mode == "frame" else record_box(labels["center"], labels["scale"])
+        keypoints, confidence = pipeline(frame, box)
         distance = np.linalg.norm(keypoints.astype(np.float64) - expected, axis=-1)
         distances.append(distance)
         crop_distances.append(distance * np.sqrt(abs(np.linalg.det(labels["matrix"][:2, :2]))))
         labelled.append(distance[labels["visibility"] > 0])
         conf_diff.append(np.abs(confidence - conf[0]))
+        for name, xy in (("pipeline", affine.transform_points_np(labels["matrix"], keypoints)),
+                         ("reference", coords[0])):
+            correct, total = pck_counts(xy[None], labels["keypoints"][None], labels["weights"][None],
+                                        threshold)
+            pck[name] += (float(np.sum(correct)), float(np.sum(total)))
         image_id = int(labels["source_id"])
         ours.append(coco_result(image_id, keypoints.astype(np.float64), confidence.astype(np.float64)))
         theirs.append(coco_result(image_id, expected, conf[0]))
         truth.append(ground_truth_annotation(image_id, labels["orig_keypoints"], labels["visibility"],
                                              labels["area"], labels["bbox"]))
     if not distances:
-        raise ExportError(f"{tfrecords}: no {split} records to compare on")
+        raise ExportError(f"{tfrecords}: no {split} records to compare on"
+                          + (f" ({skipped} image(s) larger than the pipeline's "
+                             f"{pipeline.frame_size[0]}x{pipeline.frame_size[1]} frame)" if skipped else ""))
     distances, labelled = np.concatenate(distances), np.concatenate(labelled)
     out = {"examples": len(ours), "keypoints": int(distances.size), "max_px": float(distances.max()),
            "mean_px": float(distances.mean()), "median_px": float(np.median(distances)),
-           "p99_px": float(np.percentile(distances, 99)), "over_half_px": int((distances > 0.5).sum()),
+           "p99_px": float(np.percentile(distances, 99)), "over_half_px": int((distances > HALF_PX).sum()),
+           "over_half_px_fraction": float((distances > HALF_PX).mean()),
            "labelled_max_px": float(labelled.max()) if labelled.size else 0.0,
            "max_crop_px": float(np.concatenate(crop_distances).max()),
            "max_confidence_diff": float(np.concatenate(conf_diff).max()),
+           "skipped_frames": skipped,
            "frame_size": list(pipeline.frame_size), "reference": os.path.abspath(reference_path),
            "pipeline": os.path.abspath(pipeline_path)}
+    for name, (correct, total) in pck.items():
+        out[f"pck_{name}"] = correct / total if total else None
     sigmas = card.keypoints.oks_sigmas
     if sigmas is not None:
         ground_truth = coco_ground_truth(truth, card.keypoints)
         out["ap_reference"] = coco_keypoint_ap(ground_truth, theirs, sigmas)["AP"]
         out["ap_pipeline"] = coco_keypoint_ap(ground_truth, ours, sigmas)["AP"]
     return out
+
+
+def agreement_problem(result: dict) -> Optional[str]:
+    """Why ``agreement``'s result misses the bar (99% of keypoints within half a pixel of
+    ``run.py eval``'s), or None."""
+    if result["over_half_px_fraction"] <= 1.0 - WITHIN_HALF_PX + 1e-12:
+        return None
+    return (f"{result['over_half_px']} of {result['keypoints']} keypoints "
+            f"({100 * result['over_half_px_fraction']:.1f}%) are more than {HALF_PX} px from run.py "
+            f"eval's of {os.path.basename(result['reference'])} (at most "
+            f"{100 * (1 - WITHIN_HALF_PX):.0f}% may be)")

@@ -20,8 +20,19 @@ the same way ('quarter'); their "max diff" is in crop pixels.
 Every TFLite file is also read (`export.quantize`): whether it is integer-only (no float
 tensor anywhere), whether `tf.lite.experimental.Analyzer` finds it GPU-delegate compatible,
 and what its card claims that it is not (quantization, integer_only, input tensor, raw-pixel
-input). A variant with such a problem is marked FAIL and the exit status is 1. Prints one
-table and writes the rows as json (default `<models>/verify.json`).
+input). A variant with such a problem is marked FAIL and the exit status is 1.
+
+Every frame -> keypoints file listed under `pipelines` (`python -m export --full_pipeline`) is
+scored by `export.pipeline_model.agreement` on the same records: each record's whole image
+(padded into the file's frame) and its box through the file, against `run.py eval` of its
+reference on the record's crop: the crop model of the same quantization in the folder
+(float32: the source Keras model; float16 without a float16 crop model: the source too).
+Reported: the largest, median and 99th-percentile distance (frame pixels), how many
+keypoints are more than 0.5 px off, and AP (COCO OKS, where the keypoints have sigmas) and
+PCK of both. A pipeline with more than 1% of its keypoints over 0.5 px is marked FAIL and the
+exit status is 1; a quantized pipeline without a crop model of its quantization is compared
+with the float model and not judged (said in its row). Prints the tables and writes the rows
+as json (default `<models>/verify.json`; pipelines under `pipelines`).
 """
 from __future__ import annotations
 
@@ -213,10 +224,105 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
     for (index, key), value in latencies.items():
         rows[index]["latency_ms"][key] = value
     add_ratios(rows)
+    pipelines = verify_pipelines(models_dir, manifest, tfrecords, config, log)
     return {"models": os.path.abspath(models_dir), "tfrecords": os.path.abspath(tfrecords),
             "split": config.split, "examples": scored["examples"],
             "diff_examples": int(len(crops.images)), "pck_threshold_px": threshold, "rows": rows,
-            "skipped": skipped, "failed": [r["name"] for r in rows if r.get("problems")]}
+            "pipelines": pipelines, "skipped": skipped,
+            "failed": [r["name"] for r in rows + pipelines if r.get("problems")]}
+
+
+# what a pipeline file's network is compared with when the folder has no crop model of its
+# quantization: float16 weights are the float network to ~1e-3, the others are not
+FLOAT_REFERENCE_JUDGED = ("float32", "float16")
+
+
+def pipeline_reference(models_dir: str, manifest: dict, entry: dict) -> tuple[str, bool]:
+    """(model whose run.py eval a pipeline file is held to, whether the 0.5 px bar applies):
+    float32 pipelines, the source model; others, the crop model of their quantization in the
+    folder (TFLite, no decoder), else the source model (judged for float16 only)."""
+    quantization = entry["quantization"]
+    if quantization != "float32":
+        for variant in manifest.get("variants", []):
+            if (variant["format"] == "tflite" and variant["quantization"] == quantization
+                    and not variant["decoder"]):
+                path = os.path.join(models_dir, variant["path"])
+                if os.path.exists(path):
+                    return path, True
+    return manifest["source_model"], quantization in FLOAT_REFERENCE_JUDGED
+
+
+def verify_pipelines(models_dir: str, manifest: dict, tfrecords: str,
+                     config: VerifyConfig = VerifyConfig(), log: Callable[[str], None] = print) -> list[dict]:
+    """One row per file under the manifest's ``pipelines``: its agreement with run.py eval of
+    its reference (``pipeline_reference``) on the split's records (the module docstring), and
+    ``problems`` when it misses half a pixel on more than 1% of the keypoints."""
+    from export.convert import ExportError
+    from export.pipeline_model import agreement, agreement_problem
+    from model.runner import ModelFileError
+
+    rows = []
+    for entry in manifest.get("pipelines", []):
+        path = os.path.join(models_dir, entry["path"])
+        if not os.path.exists(path):
+            raise VerifyError(f"{path} is listed in {MANIFEST_NAME} but missing; re-run the export "
+                              f"with --full_pipeline")
+        reference, judged = pipeline_reference(models_dir, manifest, entry)
+        try:
+            result = agreement(path, reference, tfrecords, config.split, config.max_examples)
+        except (ExportError, ModelFileError) as e:
+            raise VerifyError(f"{path}: {e}") from e
+        row = {"name": entry["name"], "format": "tflite", "quantization": entry["quantization"],
+               "pipeline": True, "size_bytes": file_size(path),
+               "reference_name": os.path.basename(reference), "judged": judged,
+               **{k: v for k, v in result.items() if k not in ("pipeline",)}}
+        problem = agreement_problem(result) if judged else None
+        row["problems"] = [problem] if problem else []
+        if not judged:
+            row["note"] = (f"no {entry['quantization']} crop model in {models_dir} to compare with "
+                           f"(export one with python -m export --quantize "
+                           f"{entry['quantization']} "
+                           f"and the same --representative): compared with the float model, not judged")
+        rows.append(row)
+        score = (f"AP {result['ap_pipeline']:.4f} (eval {result['ap_reference']:.4f})"
+                 if "ap_pipeline" in result else
+                 f"PCK {result['pck_pipeline']:.4f} (eval {result['pck_reference']:.4f})")
+        status = (f"; FAIL: {problem}" if problem else
+                  f"; NOT JUDGED: {row['note']}" if not judged else "")
+        log(f"{row['name']}: vs run.py eval of {row['reference_name']} on {result['examples']} "
+            f"records: max {result['max_px']:.4f} px, median {result['median_px']:.5f}, p99 "
+            f"{result['p99_px']:.4f}, {result['over_half_px']} of {result['keypoints']} over "
+            f"0.5 px, {score}{status}")
+    return rows
+
+
+def format_pipeline_table(report: dict) -> str:
+    """The pipelines' agreement with run.py eval as one table ('' when there are none)."""
+    rows = report.get("pipelines") or []
+    if not rows:
+        return ""
+    header = ["pipeline", "network", "frame", "vs run.py eval of", "records", "max px",
+              "median px", "p99 px", "> 0.5 px", "AP / eval", "PCK / eval", "result"]
+    lines = []
+    for r in rows:
+        ap = (f"{r['ap_pipeline']:.4f} / {r['ap_reference']:.4f}" if "ap_pipeline" in r else "-")
+        pck = (f"{r['pck_pipeline']:.4f} / {r['pck_reference']:.4f}"
+               if r.get("pck_pipeline") is not None else "-")
+        lines.append([r["name"], r["quantization"], "x".join(str(v) for v in r["frame_size"]),
+                      r["reference_name"], str(r["examples"]), f"{r['max_px']:.4f}",
+                      f"{r['median_px']:.5f}", f"{r['p99_px']:.4f}",
+                      f"{r['over_half_px']}/{r['keypoints']}", ap, pck,
+                      "FAIL" if r["problems"] else ("ok" if r["judged"] else "not judged")])
+    widths = [max(len(str(row[i])) for row in [header] + lines) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 4 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    title = ("frame -> keypoints pipelines: each record's image (padded into the frame) and box "
+             "through the file against run.py eval of the reference on the record's crop, keypoint "
+             "distances in frame pixels; FAIL when more than 1% are over 0.5 px")
+    notes = [f"FAIL {r['name']}: {p}" for r in rows for p in r["problems"]]
+    notes += [f"NOT JUDGED {r['name']}: {r['note']}" for r in rows if r.get("note")]
+    notes += [f"{r['name']}: {r['skipped_frames']} image(s) larger than its frame, not compared"
+              for r in rows if r.get("skipped_frames")]
+    return "\n".join([title, fmt.format(*header)] + [fmt.format(*row) for row in lines] + notes)
 
 
 def inspect_tflite(path: str, card) -> dict:
@@ -297,7 +403,8 @@ def format_table(report: dict) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.verify", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", required=True, help="output folder of `python -m export`")
+    p.add_argument("--models", "--models_dir", dest="models", required=True,
+                   help="output folder of `python -m export`")
     p.add_argument("--tfrecords", required=True, help="TFRecords folder (convert_to_tfrecord.py)")
     p.add_argument("--split", default="val")
     p.add_argument("--json", default=None, help="report path (default <models>/verify.json)")
@@ -318,15 +425,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(report))
+    pipelines = format_pipeline_table(report)
+    if pipelines:
+        print(pipelines)
     out = args.json or os.path.join(args.models, "verify.json")
     atomic_write_json(out, report)
     print(f"report: {out}")
-    if report["failed"]:
-        print(f"error: {len(report['failed'])} file(s) are not what their model card says: "
-              f"{', '.join(report['failed'])}; re-export them with python -m export",
+    cards = [r["name"] for r in report["rows"] if r.get("problems")]
+    missed = [r["name"] for r in report["pipelines"] if r.get("problems")]
+    if cards:
+        print(f"error: {len(cards)} file(s) are not what their model card says: "
+              f"{', '.join(cards)}; re-export them with python -m export", file=sys.stderr)
+    if missed:
+        print(f"error: {len(missed)} pipeline file(s) miss run.py eval by more than 0.5 px on over "
+              f"1% of the keypoints: {', '.join(missed)}; re-export them with python -m export "
+              f"--full_pipeline (and their reference crop models with the same --representative)",
               file=sys.stderr)
-        return 1
-    return 0
+    return 1 if report["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ at +0.5). A crop matrix is composed as
 
 - T(-center): the person centre goes to the origin.
 - R: rotation by ``rotation_deg``, positive = counter-clockwise as displayed (y points down).
-- S: zoom ``min(W, H) / side`` with ``side = 200 · scale · padding``, so the crop window is
-  the padded square widened to the model aspect W/H (``pipeline.coords.crop_size``).
+- S: zoom ``min(W, H) / side`` with ``side = 200 · scale · padding`` (200 · scale and the
+  padded side rounded to float32), so the crop window is the padded square widened to the
+  model aspect W/H (``pipeline.coords.crop_size``).
 - shift: translation in crop pixels.
 - F, V: optional mirrors of the finished crop, x -> W - x and y -> H - y (no half-pixel
   shift in our convention): a flipped crop is exactly the mirror image of the unflipped one.
@@ -41,18 +42,21 @@ ROTATED_SAMPLERS = ("xla", "projective")
 _BUCKETS = tuple(int(64 * 1.5 ** k) for k in range(38))     # 64 .. ~256M pixels
 
 
-def frame_center_scale(image_size, padding: float, input_size: Sequence[int]):
+def frame_center_scale(image_size, padding: float, input_size: Sequence[int], zero=0.0):
     """Centre and scale whose crop window (``coords.crop_size``) is the whole image
     letterboxed to the model aspect ratio: centre = image centre, window height =
-    max(w / aspect, h). ``image_size`` is (h, w) (tensor or numbers). TF tensors out."""
+    max(w / aspect, h). ``image_size`` is (h, w) (tensor or numbers). TF tensors out.
+    ``zero``: a float32 0 computed at run time, added to the divisors inside a TFLite model
+    (its converter turns a division by a constant into a product with the rounded reciprocal,
+    which rounds differently)."""
     in_h, in_w = int(input_size[0]), int(input_size[1])
     aspect = in_w / in_h
     hw = tf.cast(tf.convert_to_tensor(image_size), tf.float32)
     h, w = hw[0], hw[1]
-    win_h = tf.maximum(w / aspect, h)
+    win_h = tf.maximum(w / (aspect + zero), h)
     win_w = win_h * aspect
     center = tf.stack([w / 2.0, h / 2.0])
-    scale = tf.minimum(win_w, win_h) / (coords.PIXELS_PER_SCALE * padding)
+    scale = tf.minimum(win_w, win_h) / (coords.PIXELS_PER_SCALE * padding + zero)
     return center, scale
 
 
@@ -77,13 +81,23 @@ def crop_matrix(center, scale, padding: float, input_size: Sequence[int], rotati
     if crop_mode == "frame":
         center, scale = frame_center_scale(image_size, padding, input_size)
     in_h, in_w = float(input_size[0]), float(input_size[1])
-    zoom = min(in_h, in_w) / (coords.PIXELS_PER_SCALE * padding * tf.cast(scale, dtype))
+    # The crop is that of the float32 square box around the centre (its corner and side
+    # 200·scale in float32, the padded side too), so that a float32 box (x, y, w, h) names
+    # every crop exactly (export.pipeline_model.box_crop_matrix computes the same matrix); the
+    # translation W/2 - zoom·R·centre is (W/2·span - min(H, W)·R·centre) / span, with exact
+    # products: the float32 matrix is the exact one rounded, even where the translation nearly
+    # cancels. Both differ from the plain formula by float rounding only.
+    side = tf.cast(tf.cast(coords.PIXELS_PER_SCALE * tf.cast(scale, dtype), tf.float32), dtype)
+    span = tf.cast(tf.cast(padding * side, tf.float32), dtype)
+    corner = tf.cast(tf.cast(tf.cast(center, dtype) - side / 2.0, tf.float32), dtype)
+    center = corner + side / 2.0
+    zoom = min(in_h, in_w) / span
     theta = tf.cast(rotation_deg, dtype) * (math.pi / 180.0)
-    cos, sin = tf.cos(theta) * zoom, tf.sin(theta) * zoom
-    # Linear part S·R, R = [[cos, sin], [-sin, cos]] (counter-clockwise as displayed).
-    lin = tf.reshape(tf.stack([cos, sin, -sin, cos]), [2, 2])
-    t = (tf.constant([in_w / 2.0, in_h / 2.0], dtype) + tf.cast(shift, dtype)
-         - tf.linalg.matvec(lin, tf.cast(center, dtype)))
+    # R = [[cos, sin], [-sin, cos]] (counter-clockwise as displayed); linear part S·R.
+    rotation = tf.reshape(tf.stack([tf.cos(theta), tf.sin(theta), -tf.sin(theta), tf.cos(theta)]), [2, 2])
+    lin = rotation * zoom
+    half = tf.constant([in_w / 2.0, in_h / 2.0], dtype) + tf.cast(shift, dtype)
+    t = (half * span - min(in_h, in_w) * tf.linalg.matvec(rotation, tf.cast(center, dtype))) / span
     # Mirrors of the finished crop: x -> W - x, y -> H - y (row 0 / row 1 of the affine).
     mirror = tf.stack([tf.convert_to_tensor(flip), tf.convert_to_tensor(vertical_flip)])
     sign = tf.where(mirror, tf.constant(-1.0, dtype), tf.constant(1.0, dtype))
@@ -172,6 +186,12 @@ def source_window(matrix, image_size, output_size: Sequence[int], margin: int = 
 
 
 def _window(params, image_size, output_size: Sequence[int], margin: int) -> tf.Tensor:
+    return _window_and_end(params, image_size, output_size, margin)[0]
+
+
+def _window_and_end(params, image_size, output_size: Sequence[int], margin: int):
+    """(``source_window``, int32 [2] (y1, x1) that window would end at were the image
+    unbounded at its bottom and right: it depends on the matrix alone, not on the image size)."""
     last = tf.constant([[0.0, 0.0], [output_size[1] - 1.0, 0.0], [0.0, output_size[0] - 1.0],
                         [output_size[1] - 1.0, output_size[0] - 1.0]], tf.float64)
     # The sampled points of the 4 corner pixels bound those of all pixels (affine map).
@@ -180,9 +200,10 @@ def _window(params, image_size, output_size: Sequence[int], margin: int) -> tf.T
     size = tf.cast(tf.reverse(tf.convert_to_tensor(image_size), [0]), tf.float64)        # (w, h)
     # Pixels floor(v) and floor(v) + 1 are read; clip in float before the int cast.
     lo = tf.clip_by_value(tf.floor(tf.reduce_min(xy, 0)) - margin, 0.0, size - 1.0)
-    hi = tf.clip_by_value(tf.floor(tf.reduce_max(xy, 0)) + 2.0 + margin, lo + 1.0, size)
+    end = tf.maximum(tf.floor(tf.reduce_max(xy, 0)) + 2.0 + margin, lo + 1.0)
+    hi = tf.minimum(end, size)
     x0y0x1y1 = tf.cast(tf.concat([lo, hi], 0), tf.int32)
-    return tf.gather(x0y0x1y1, [1, 0, 3, 2])
+    return tf.gather(x0y0x1y1, [1, 0, 3, 2]), tf.reverse(tf.cast(end, tf.int32), [0])
 
 
 def crop_float(image, matrix, output_size: Sequence[int], fill_value: float = 0.0) -> tf.Tensor:
@@ -196,7 +217,7 @@ def crop_float(image, matrix, output_size: Sequence[int], fill_value: float = 0.
 
 
 def crop_window(read_window, image_size, matrix, output_size: Sequence[int],
-                fill_value: float = 0.0, rotated: str = "xla") -> tf.Tensor:
+                fill_value: float = 0.0, rotated: str = "xla", unbounded_end: bool = True) -> tf.Tensor:
     """``crop_float`` of an image of ``image_size`` (h, w) that is read only through
     ``read_window(window)`` -> pixels [y1 - y0, x1 - x0, C], for the ``source_window``
     (y0, x0, y1, x1) of ``matrix`` (e.g. ``pipeline.decoder.read_window``, which decodes just
@@ -207,18 +228,24 @@ def crop_window(read_window, image_size, matrix, output_size: Sequence[int],
     (``rotated="xla"``: bilinear gathers compiled by XLA, ~2x faster on CPU) or
     ``project_window`` (``"projective"``: ``ImageProjectiveTransformV3``). All sample the
     same points with the same constant fill, so they agree to float rounding
-    (tests/test_affine.py)."""
+    (tests/test_affine.py). ``unbounded_end``: a crop without rotation is sampled from the
+    window as if the image went on (with the fill) past its bottom and right, so its pixels
+    do not depend on where the image ends, bit for bit (the one-file pipeline,
+    ``export.pipeline_model.sample_crop``, computes the same ones from a padded frame); it
+    costs ~0.4 ms more for a crop that reaches past the end. False: the window clipped at
+    the image, as before (training crops need no such agreement)."""
     if rotated not in ROTATED_SAMPLERS:
         raise ValueError(f"rotated must be one of {ROTATED_SAMPLERS}, got {rotated!r}")
     params = _sampling_params(matrix)
-    window = _window(params, image_size, output_size, margin=1)
+    window, end = _window_and_end(params, image_size, output_size, margin=1)
     part = read_window(window)
     params = params - tf.cast(tf.stack([0, 0, window[1], 0, 0, window[0]]), tf.float64)  # M · T(x0, y0)
     axis_aligned = tf.logical_and(tf.equal(params[1], 0.0), tf.equal(params[3], 0.0))
     if min(int(output_size[0]), int(output_size[1])) < 2:   # crop_and_resize needs 2+ samples
         axis_aligned = tf.constant(False)
     rotated_window = gather_window if rotated == "xla" else project_window
-    out = tf.cond(axis_aligned, lambda: resize_window(part, params, output_size, fill_value),
+    size = end - window[:2] if unbounded_end else None
+    out = tf.cond(axis_aligned, lambda: resize_window(part, params, output_size, fill_value, size),
                   lambda: rotated_window(part, params, output_size, fill_value))
     return tf.ensure_shape(out, [int(output_size[0]), int(output_size[1]), part.shape[-1]])
 
@@ -290,17 +317,30 @@ def project_window(image, params, output_size: Sequence[int], fill_value: float 
         fill_mode="CONSTANT")[0]
 
 
-def resize_window(image, params, output_size: Sequence[int], fill_value: float = 0.0) -> tf.Tensor:
+def resize_window(image, params, output_size: Sequence[int], fill_value: float = 0.0,
+                  size=None) -> tf.Tensor:
     """``project_window`` for axis-aligned ``params`` (b = c = 0) with
     ``tf.image.crop_and_resize``, which samples box_start + i · (box_end - box_start) /
     (size - 1) in pixel indices; reversed boxes are the flips. Its edge rule (all fill
     beyond the first/last pixel) differs from the projective op (a blend with the fill up
-    to one pixel out), so the image gets a one-pixel border of ``fill_value`` first."""
+    to one pixel out), so the image gets a one-pixel border of ``fill_value`` first.
+    ``size`` (h, w), at least the image's: the image is filled to that size at its bottom and
+    right first. ``crop_window`` passes the window as it would be were the image unbounded
+    there, so the float32 sample points (which depend on the padded size) do not depend on
+    where the image ends: ``export.pipeline_model.sample_crop``, which cannot know it,
+    computes the very same ones."""
     out_h, out_w = int(output_size[0]), int(output_size[1])
     # Pad in the image dtype when the fill fits (cheaper), then float: crop_and_resize reads
     # float32 about 25% faster than it converts uint8 itself.
     src = image if _holds(image.dtype, fill_value) else tf.cast(image, tf.float32)
-    padded = tf.pad(src, [[1, 1], [1, 1], [0, 0]], constant_values=tf.cast(fill_value, src.dtype))
+    fill = tf.cast(fill_value, src.dtype)
+    border = functools.partial(tf.pad, paddings=[[1, 1], [1, 1], [0, 0]], constant_values=fill)
+    if size is None:
+        padded = border(src)
+    else:   # tf.pad is ~20x slower per filled value than a copy: concat when the fill is large
+        grow = tf.convert_to_tensor(size, tf.int32) - tf.shape(src)[:2]
+        padded = tf.cond(tf.reduce_any(grow > 0), lambda: _fill_end(src, grow, fill),
+                         lambda: border(src))
     padded = tf.cast(padded, tf.float32)
     last = tf.cast(tf.shape(padded)[:2], tf.float64) - 1.0      # >= 2: box normalizer
     a, tx, d, ty = params[0], params[2] + 1.0, params[4], params[5] + 1.0
@@ -308,6 +348,17 @@ def resize_window(image, params, output_size: Sequence[int], fill_value: float =
                     (tx + a * (out_w - 1)) / last[1]])
     return tf.image.crop_and_resize(padded[tf.newaxis], tf.cast(box, tf.float32)[tf.newaxis], [0],
                                     (out_h, out_w), extrapolation_value=fill_value)[0]
+
+
+def _fill_end(image, grow, fill) -> tf.Tensor:
+    """``image`` [h, w, C] with a one-pixel border of ``fill`` and ``grow`` (rows, columns)
+    more of it at its bottom and right, by concatenation."""
+    h, w, channels = tf.shape(image)[0], tf.shape(image)[1], image.shape[-1] or tf.shape(image)[2]
+    rows = tf.concat([tf.fill(tf.stack([1, w, channels]), fill), image,
+                      tf.fill(tf.stack([1 + grow[0], w, channels]), fill)], 0)
+    tall = h + 2 + grow[0]
+    return tf.concat([tf.fill(tf.stack([tall, 1, channels]), fill), rows,
+                      tf.fill(tf.stack([tall, 1 + grow[1], channels]), fill)], 1)
 
 
 def _holds(dtype: tf.DType, value: float) -> bool:

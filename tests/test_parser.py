@@ -86,7 +86,11 @@ def test_eval_crop_matches_an_independent_warp(decoded, coco_spec):
 def test_train_without_augmentation_equals_eval(decoded, coco_spec):
     image, labels = Parser(NO_AUG, coco_spec).parse_train(decoded, SEED)
     e_image, e_labels = Parser(NO_AUG, coco_spec).parse_eval(decoded)
-    np.testing.assert_array_equal(image.numpy(), e_image.numpy())
+    # Training samples the window clipped at the image's end (faster), eval as if the image
+    # went on (the one-file TFLite's exact crop): the same pixels to float rounding, so a
+    # value on a .5 boundary may move by one level, nothing more.
+    step = np.abs(image.numpy().astype(int) - e_image.numpy().astype(int))
+    assert step.max() <= 1 and (step > 0).mean() < 1e-4
     for key in ("heatmaps", "weights", "keypoints", "visibility"):
         np.testing.assert_allclose(labels[key].numpy(), e_labels[key].numpy(), atol=1e-5)
 
