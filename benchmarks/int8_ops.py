@@ -105,22 +105,6 @@ def make_timer(data: bytes, threads: int, xnnpack: bool, seed: int = 0):
     return interpreter.invoke
 
 
-def cpu_ms_in_turns(timers: dict, runs: int, rounds: int, warmup: int = 2) -> dict:
-    """Median process CPU ms per call of each timer, all timers taking turns."""
-    for fn in timers.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in timers}
-    per_turn = max(1, -(-runs // max(1, rounds)))
-    for _ in range(max(1, rounds)):
-        for key, fn in timers.items():
-            for _ in range(per_turn):
-                started = time.process_time()
-                fn()
-                times[key].append(time.process_time() - started)
-    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
-
-
 def profile(files: dict, threads: int, xnnpack: bool, runs: int, rounds: int) -> dict:
     """{label: {"model_ms", "ops": [{index, op, shape, ms}]}} of flatbuffers {label: bytes}."""
     timers, parts = {}, {}
@@ -129,7 +113,8 @@ def profile(files: dict, threads: int, xnnpack: bool, runs: int, rounds: int) ->
         parts[label] = single_op_models(data)
         for part in parts[label]:
             timers[(label, part["index"])] = make_timer(part["data"], threads, xnnpack)
-    times = cpu_ms_in_turns(timers, runs, rounds)
+    from export.verify import interleaved_latency_ms
+    times = interleaved_latency_ms(timers, runs, rounds, warmup=2, clock=time.process_time)  # CPU ms
     return {label: {"model_ms": times[(label, None)],
                     "ops": [{k: p[k] for k in ("index", "op", "shape")} | {"ms": times[(label, p["index"])]}
                             for p in parts[label]]}

@@ -568,16 +568,28 @@ def name_tensors(data: bytes, with_decoder: bool) -> bytes:
     tensors' names dropped: the converter's fused debug names ("a/b/conv;a/b/bn;...") take
     3-8% of a file and mean nothing on a device. Unchanged if TF's flatbuffer tools are absent."""
     try:
-        from tensorflow.lite.tools import flatbuffer_utils
+        from tensorflow.lite.tools import flatbuffer_utils  # noqa: F401 - rename_io needs it
     except ImportError:
         return data
+
+    def io_names(graph) -> dict:
+        names = {graph.inputs[0]: INPUT_NAME}
+        for index in graph.outputs:
+            rank = len(graph.tensors[index].shape)
+            names[index] = HEATMAP_NAME if not with_decoder else KEYPOINT_NAMES_OUT[0 if rank == 3 else 1]
+        return names
+
+    return rename_io(data, io_names)
+
+
+def rename_io(data: bytes, io_names) -> bytes:
+    """The flatbuffer with tensor ``i`` of ``io_names(graph)`` ({index: name} for the inputs
+    and outputs of the first subgraph) named so in the tensors and the signatures, and every
+    other tensor's name dropped."""
+    from tensorflow.lite.tools import flatbuffer_utils
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
-    graph = model.subgraphs[0]
-    names = {graph.inputs[0]: INPUT_NAME}
-    for index in graph.outputs:
-        rank = len(graph.tensors[index].shape)
-        names[index] = HEATMAP_NAME if not with_decoder else KEYPOINT_NAMES_OUT[0 if rank == 3 else 1]
-    for index, tensor in enumerate(graph.tensors):
+    names = io_names(model.subgraphs[0])
+    for index, tensor in enumerate(model.subgraphs[0].tensors):
         tensor.name = names[index].encode() if index in names else None
     for signature in model.signatureDefs or []:
         for entry in list(signature.inputs or []) + list(signature.outputs or []):

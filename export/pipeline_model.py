@@ -548,19 +548,16 @@ def name_tensors(data: bytes) -> bytes:
     """The flatbuffer with inputs ``image`` (rank 4) and ``box`` (rank 2), outputs
     ``keypoints`` (rank 3) and ``confidence`` (rank 2), in the tensors and the signature, and
     the internal tensors' names dropped (as ``export.convert.name_tensors`` does)."""
-    from tensorflow.lite.tools import flatbuffer_utils
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
-    graph = model.subgraphs[0]
-    names = {}
-    for indices, (rank4, rank2) in ((graph.inputs, INPUT_NAMES), (graph.outputs, OUTPUT_NAMES)):
-        for index in indices:
-            names[index] = rank2 if len(graph.tensors[index].shape) == 2 else rank4
-    for index, tensor in enumerate(graph.tensors):
-        tensor.name = names[index].encode() if index in names else None
-    for signature in model.signatureDefs or []:
-        for entry in list(signature.inputs or []) + list(signature.outputs or []):
-            entry.name = names[entry.tensorIndex].encode()
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    from export.convert import rename_io
+
+    def io_names(graph) -> dict:
+        names = {}
+        for indices, (rank4, rank2) in ((graph.inputs, INPUT_NAMES), (graph.outputs, OUTPUT_NAMES)):
+            for index in indices:
+                names[index] = rank2 if len(graph.tensors[index].shape) == 2 else rank4
+        return names
+
+    return rename_io(data, io_names)
 
 
 def op_names(data: bytes) -> list[str]:

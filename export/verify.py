@@ -96,10 +96,11 @@ def median_latency_ms(fn: Callable[[], object], runs: int, warmup: int = 3) -> f
     return float(np.median(times) * 1e3)
 
 
-def interleaved_latency_ms(timers: dict, runs: int, rounds: int, warmup: int = 3) -> dict:
-    """Median wall time (ms) of each ``timers[key]()``: every timer warmed up, then
-    ``rounds`` turns in which each timer runs ``runs / rounds`` times, so that load changes on
-    a shared machine hit every model alike."""
+def interleaved_latency_ms(timers: dict, runs: int, rounds: int, warmup: int = 3,
+                           clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Median time (ms, by ``clock``: wall time by default) of each ``timers[key]()``: every
+    timer warmed up, then ``rounds`` turns in which each timer runs ``runs / rounds`` times, so
+    that load changes on a shared machine hit every model alike."""
     for fn in timers.values():
         for _ in range(warmup):
             fn()
@@ -108,9 +109,9 @@ def interleaved_latency_ms(timers: dict, runs: int, rounds: int, warmup: int = 3
     for _ in range(max(1, rounds)):
         for key, fn in timers.items():
             for _ in range(per_turn):
-                started = time.perf_counter()
+                started = clock()
                 fn()
-                times[key].append(time.perf_counter() - started)
+                times[key].append(clock() - started)
     return {key: float(np.median(t) * 1e3) for key, t in times.items()}
 
 

@@ -456,7 +456,7 @@ def _protobuf_only_tensorflow() -> None:
 def process_image(task: ImageTask, names: Optional[tuple[str, ...]] = None) -> ImageResult:
     """Read and check one image and its persons, then serialize one Example holding the
     persons that pass (or skip them all)."""
-    from pipeline.schema import encode_example, person_features
+    from pipeline.schema import encode_features, person_features
     names = names or _NAMES
     result = ImageResult(task.split, None, 0, [], [])
 
@@ -484,16 +484,16 @@ def process_image(task: ImageTask, names: Optional[tuple[str, ...]] = None) -> I
             continue
         record = dataclasses.replace(record, width=width, height=height)
         try:
-            person_features(record, names)
+            kept.append(person_features(record, names))
         except (ValueError, TypeError, OverflowError) as e:
             skip(record, "bad_value", f"cannot be encoded: {e}")
             continue
-        kept.append(record)
         if source_format != fmt:
             result.reencoded.append({"file": task.filename, "record": str(record.annotation_id),
                                      "from": source_format, "to": fmt})
-    if kept:
-        result.example = encode_example(kept, data, fmt, names, reencoded=source_format != fmt)
+    if kept:   # the image fields: any record of this image, with the measured size
+        image = dataclasses.replace(task.records[0], width=width, height=height)
+        result.example = encode_features(image, kept, data, fmt, reencoded=source_format != fmt)
         result.persons = len(kept)
     return result
 

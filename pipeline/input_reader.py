@@ -7,9 +7,8 @@
 ``parser`` is a ``pipeline.parser.Parser`` (``parse_train`` or ``parse_eval`` is picked once,
 from ``is_training``) or a plain function of the mode's signature: ``fn(decoded, seed)`` in
 training, ``fn(decoded)`` in eval, where ``decoded`` is one person. A record holds an image
-and all its persons; ``decode_fn`` (default ``pipeline.decoder.decode_persons``: pixels left
-encoded, each person's crop decodes only its window) reads a record into per-person tensors
-with a leading dimension, which are unbatched into persons before any pixel is decoded.
+and all its persons; ``pipeline.decoder.persons`` turns records into persons before any pixel
+is decoded (pixels left encoded: each person's crop decodes only its window).
 
 Training: the shard files are listed once, sharded by input pipeline
 (``tf.distribute.InputContext``; by record instead when there are fewer files than
@@ -34,7 +33,7 @@ the last partial batch kept.
 from __future__ import annotations
 
 import random
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import tensorflow as tf
 
@@ -59,8 +58,8 @@ def list_files(file_pattern: Union[str, Sequence[str]]) -> list[str]:
 
 
 class InputReader:
-    """Reads TFRecords into batches of ``parse(person[, seed])`` over the persons of
-    ``decode_fn(serialized)``.
+    """Reads TFRecords into batches of ``parse(person[, seed])`` over the persons of the
+    records (``pipeline.decoder.persons``).
 
     ``shard_by_input_pipeline``: split the data between input pipelines (each example read by
     one pipeline) or let every pipeline read everything. ``repeat``: training loops forever
@@ -70,7 +69,7 @@ class InputReader:
                  global_batch_size: int, seed: Optional[int] = None,
                  shard_by_input_pipeline: bool = True, repeat: bool = True,
                  shuffle_buffer: int = 1024, cycle_length: int = 8,
-                 decode_fn: Optional[Callable] = None, data_service: Optional[str] = None,
+                 data_service: Optional[str] = None,
                  job_name: str = "hourglass"):
         if global_batch_size <= 0:
             raise ValueError(f"global_batch_size must be > 0, got {global_batch_size}")
@@ -82,7 +81,6 @@ class InputReader:
         self.repeat = repeat
         self.shuffle_buffer = shuffle_buffer
         self.cycle_length = cycle_length
-        self.decode_fn = decode_fn or decoder.decode_persons
         self.data_service = data_service if is_training else None
         self.job_name = job_name
         if hasattr(parser, "parse_train"):
@@ -142,13 +140,8 @@ class InputReader:
                               deterministic=self.seed is not None)
         if shard_records:
             ds = ds.shard(num_pipelines, pipeline_id)
-        ds = self._persons(ds, deterministic=self.seed is not None)
+        ds = decoder.persons(ds, deterministic=self.seed is not None)
         return ds.shuffle(self.shuffle_buffer, seed=self._seed, reshuffle_each_iteration=True)
-
-    def _persons(self, records: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
-        """Records -> one element per person (``decode_fn`` then unbatch)."""
-        return records.map(self.decode_fn, num_parallel_calls=AUTOTUNE,
-                           deterministic=deterministic).unbatch()
 
     def _parse_train(self, ds: tf.data.Dataset, pipeline_id: int) -> tf.data.Dataset:
         base = tf.constant([self._seed, pipeline_id], tf.int64)
@@ -169,4 +162,4 @@ class InputReader:
         ds = files.interleave(tf.data.TFRecordDataset, cycle_length=1, block_length=1)
         if shard_records:
             ds = ds.shard(num_pipelines, pipeline_id)
-        return self._persons(ds, deterministic=True)
+        return decoder.persons(ds)

@@ -194,18 +194,23 @@ def person_features(record: PersonRecord, keypoint_names: Sequence[str]) -> dict
 
 
 def encode_example(records: Sequence[PersonRecord], image_bytes: bytes, image_format: str,
-                   keypoint_names: Sequence[str], reencoded: bool,
-                   version: int = SCHEMA_VERSION) -> bytes:
+                   keypoint_names: Sequence[str], reencoded: bool) -> bytes:
     """Serialize one image and its persons (``records``, all of that image, at least one) as a
     tf.train.Example (bytes). Pure protobuf: no TF graph."""
-    if not records:
-        raise ValueError("an Example holds at least one person")
-    first = records[0]
     persons = [person_features(r, keypoint_names) for r in records]
+    return encode_features(records[0] if records else None, persons, image_bytes, image_format, reencoded)
+
+
+def encode_features(record: Optional[PersonRecord], persons: Sequence[dict], image_bytes: bytes,
+                    image_format: str, reencoded: bool) -> bytes:
+    """``encode_example`` of persons already checked by ``person_features``; the image fields
+    come from ``record`` (any person of the image)."""
+    if not persons:
+        raise ValueError("an Example holds at least one person")
     values = {
-        ENCODED: [image_bytes], FORMAT: [image_format], HEIGHT: [first.height], WIDTH: [first.width],
-        SOURCE_ID: [str(first.image_id)], FILENAME: [first.filename],
-        REENCODED: [1 if reencoded else 0], VERSION: [int(version)],
+        ENCODED: [image_bytes], FORMAT: [image_format], HEIGHT: [record.height], WIDTH: [record.width],
+        SOURCE_ID: [str(record.image_id)], FILENAME: [record.filename],
+        REENCODED: [1 if reencoded else 0], VERSION: [SCHEMA_VERSION],
     }
     for key in PERSON_KEYS:
         values[key] = [v for person in persons for v in person[key]]
@@ -235,9 +240,9 @@ def person_examples(serialized: bytes) -> list[bytes]:
 
 
 def _values(example, key: str) -> list:
-    feature = example.features.feature.get(key) if key in example.features.feature else None
-    if feature is None:
+    if key not in example.features.feature:
         return []
+    feature = example.features.feature[key]
     kind = feature.WhichOneof("kind")
     return list(getattr(feature, kind).value) if kind else []
 
