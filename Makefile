@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 QS ?= quickstart_out
 SHARED ?= ../shared
 QS_MODEL ?= --num_stacks 1 --mobile --tiny --model_image_size 96x96
-QS_TRAIN ?= --batch_size 16 --optimizer adam --learning_rate 3e-3 --decay_type cosine --total_epoch 14 --seed 0
+QS_TRAIN ?= --batch_size 16 --optimizer adam --learning_rate 6e-3 --decay_type cosine --foreground_weight 10 --total_epoch 6 --seed 0
 
 .PHONY: install test quickstart lint clean
 

@@ -53,45 +53,6 @@ GOAL_SMOOTHED_ERROR = 1.05   # smoothed / raw error
 SMOKE = {"image_size": (240, 320), "num_frames": 30}
 
 
-@dataclasses.dataclass(frozen=True)
-class Truth:
-    """The clip's ground truth: keypoints [N, K, 2], visibility [N, K], boxes [N, 4]."""
-
-    keypoints: np.ndarray
-    visibility: np.ndarray
-    boxes: np.ndarray
-    image_size: tuple[int, int]
-
-
-def write_clip(path: str, config, seed: int = 0, fps: float = FPS) -> Truth:
-    """Render the clip into an mp4v video at `path` (temporary name, renamed when complete)."""
-    import cv2
-
-    from pipeline.synthetic import render_clip
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    stem, ext = os.path.splitext(path)
-    tmp = f"{stem}.tmp-{os.getpid()}{ext}"
-    height, width = config.image_size
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    keypoints, visibility, boxes = [], [], []
-    try:
-        if not writer.isOpened():
-            raise RuntimeError(f"OpenCV cannot write {path} (no mp4v writer)")
-        for frame in render_clip(config, seed):
-            writer.write(np.ascontiguousarray(frame.image[..., ::-1]))
-            keypoints.append(frame.keypoints)
-            visibility.append(frame.visibility)
-            boxes.append(frame.bbox)
-        writer.release()
-        os.replace(tmp, path)
-    finally:
-        writer.release()
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return Truth(np.stack(keypoints), np.stack(visibility), np.asarray(boxes, np.float64),
-                 (int(height), int(width)))
-
-
 def jitter(tracks: np.ndarray, labelled: np.ndarray) -> float:
     """Mean |p[t+1] - 2 p[t] + p[t-1]| (px) over keypoints labelled in all three frames."""
     triples = labelled[:-2] & labelled[1:-1] & labelled[2:]
@@ -99,7 +60,7 @@ def jitter(tracks: np.ndarray, labelled: np.ndarray) -> float:
     return float(second[triples].mean()) if triples.any() else float("nan")
 
 
-def score(pred: np.ndarray, truth: Truth) -> dict:
+def score(pred: np.ndarray, truth) -> dict:
     """Error (mean, median, px), lost share and jitter of keypoint tracks [N, K, 2]."""
     labelled = truth.visibility > 0
     errors = np.linalg.norm(pred - truth.keypoints, axis=-1)
@@ -240,6 +201,7 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     clip = os.path.join(out, "clip.mp4")
+    from pipeline.synthetic import write_clip
     truth = write_clip(clip, config, args.seed)
     print(f"rendered {clip} ({config.num_frames} frames) in {time.time() - t0:.1f} s", flush=True)
 

@@ -18,7 +18,7 @@ import dataclasses
 import keras
 from keras import layers
 
-from model.blocks import apply_head_block, apply_hourglass_block, apply_stem_block
+from model.blocks import apply_head_block, apply_hourglass_block, apply_stem_block, fuse_batch_norm_training
 
 OUTPUT_STRIDE = 4          # heatmap cell = 4x4 input pixels
 HOURGLASS_POOLINGS = 3     # 1/4 -> 1/32 inside each hourglass
@@ -110,7 +110,7 @@ def build_hourglass(num_keypoints: int = 17, num_stacks: int = 2, num_channels: 
         x, heatmaps = apply_head_block(x, features, config.num_keypoints, config.num_channels,
                                        is_last=index == config.num_stacks, name=name)
         outputs.append(heatmaps)
-    return keras.Model(image, outputs, name=config.model_name)
+    return fuse_batch_norm_training(keras.Model(image, outputs, name=config.model_name))
 
 
 def as_stack_list(outputs) -> list:

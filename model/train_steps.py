@@ -113,7 +113,7 @@ def make_train_loop(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         stack_losses = tf.stack([tf.reduce_sum(s) / global_batch for s in per_stack])
         return loss, stack_losses, grads
 
-    compute = tf.function(compute, jit_compile=jit_compile)
+    compute = tf.function(compute, jit_compile=jit_compile, autograph=False)
 
     def replica_step(batch):
         images, labels = batch
@@ -174,7 +174,7 @@ def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, codec,
         return (correct, total, tf.reduce_sum(per_example), count, t_correct, t_total,
                 tf.stack([t_scored, t_without]))
 
-    @tf.function
+    @tf.function(autograph=False)
     def eval_step(batch):
         return strategy.run(replica_eval, args=(batch,))
 

@@ -86,7 +86,8 @@ def decode_persons(serialized) -> dict:
 def persons(records: tf.data.Dataset, deterministic: bool = True) -> tf.data.Dataset:
     """A dataset of serialized Examples -> a dataset of per-person dicts (pixels encoded), the
     persons of each record in order, records in order unless ``deterministic`` is False."""
-    return records.map(decode_persons, num_parallel_calls=tf.data.AUTOTUNE,
+    return records.map(tf.autograph.experimental.do_not_convert(decode_persons),
+                       num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=deterministic).unbatch()
 
 

@@ -514,6 +514,43 @@ def render_clip(config: ClipConfig = ClipConfig(), seed: int = 0):
 SPLITS = {"train": 0, "val": 1}
 
 
+@dataclasses.dataclass(frozen=True)
+class ClipTruth:
+    """The clip's ground truth: keypoints [N, K, 2], visibility [N, K], boxes [N, 4]."""
+
+    keypoints: np.ndarray
+    visibility: np.ndarray
+    boxes: np.ndarray
+    image_size: tuple[int, int]
+
+
+def write_clip(path: str, config: ClipConfig, seed: int = 0, fps: float = 25.0) -> ClipTruth:
+    """Render the clip into an mp4v video at `path` (temporary name, renamed when complete);
+    returns its ground truth."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    stem, ext = os.path.splitext(path)
+    tmp = f"{stem}.tmp-{os.getpid()}{ext}"
+    height, width = config.image_size
+    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    keypoints, visibility, boxes = [], [], []
+    try:
+        if not writer.isOpened():
+            raise RuntimeError(f"OpenCV cannot write {path} (no mp4v writer)")
+        for frame in render_clip(config, seed):
+            writer.write(np.ascontiguousarray(frame.image[..., ::-1]))
+            keypoints.append(frame.keypoints)
+            visibility.append(frame.visibility)
+            boxes.append(frame.bbox)
+        writer.release()
+        os.replace(tmp, path)
+    finally:
+        writer.release()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return ClipTruth(np.stack(keypoints), np.stack(visibility), np.asarray(boxes, np.float64),
+                 (int(height), int(width)))
+
+
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The random stream of one image: independent of how many images a split has."""
     return np.random.default_rng([seed, SPLITS[split], index])

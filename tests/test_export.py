@@ -77,6 +77,30 @@ def test_missing_or_wrong_model_path_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--quantize", "int16x8"], "--representative"),
+    (["--quantize", "mixed", "--num_selection", "0"], "--num_selection"),
+    (["--full_pipeline"], "--frame_size"),
+    (["--full_pipeline", "--frame_size", "640"], "HEIGHTxWIDTH"),
+    (["--full_pipeline", "--frame_size", "0x640"], "HEIGHTxWIDTH"),
+    (["--frame_size", "480x640"], "--full_pipeline"),
+    (["--full_pipeline", "--frame_size", "480x640", "--format", "tflite", "saved_model"],
+     "TFLite files only"),
+    (["--full_pipeline", "--frame_size", "480x640", "--with_decoder"], "drop --with_decoder"),
+])
+def test_flag_mistakes_are_one_clear_message(extra, message, tmp_path, capsys):
+    """A flag combination that cannot work: exit 2, one error line naming the flag, nothing
+    written (checked before the model is even read)."""
+    from export.__main__ import main
+
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"PK")
+    assert main(["--model_path", str(model), "--output_dir", str(tmp_path / "o")] + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("error:") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_int8_without_representative_records_is_refused(tmp_path, capsys):
     from export.__main__ import main
 

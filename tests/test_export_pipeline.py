@@ -40,27 +40,6 @@ def _export(argv):
     return main(argv)
 
 
-# ----------------------------------------------------------------------------- flags
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--full_pipeline"], "--frame_size"),
-    (["--full_pipeline", "--frame_size", "640"], "HEIGHTxWIDTH"),
-    (["--full_pipeline", "--frame_size", "0x640"], "HEIGHTxWIDTH"),
-    (["--frame_size", "480x640"], "--full_pipeline"),
-    (["--full_pipeline", "--frame_size", "480x640", "--format", "tflite", "saved_model"],
-     "TFLite files only"),
-    (["--full_pipeline", "--frame_size", "480x640", "--with_decoder"], "drop --with_decoder"),
-])
-def test_flag_mistakes_are_one_clear_message(extra, message, tmp_path, capsys):
-    model = tmp_path / "m.keras"
-    model.write_bytes(b"PK")
-    assert _export(["--model_path", str(model), "--output_dir", str(tmp_path / "o")] + extra) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("error:") == 1, err
-    assert not (tmp_path / "o").exists()
-
-
 # ----------------------------------------------------------------------------- geometry
 
 

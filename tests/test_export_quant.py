@@ -269,20 +269,3 @@ def test_verify_fails_a_file_whose_card_claims_what_it_is_not(folder, quickstart
     with open(out / "verify.json", encoding="utf-8") as f:
         row = json.load(f)["rows"][1]
     assert row["integer_only"] is False and len(row["problems"]) >= 2
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--quantize", "int16x8"], "--representative"),
-    (["--quantize", "mixed", "--num_selection", "0"], "--num_selection"),
-])
-def test_flag_mistakes_are_one_clear_message(extra, message, tmp_path, capsys):
-    from export.__main__ import main
-
-    model = tmp_path / "m.keras"
-    model.write_bytes(b"PK")
-    assert main(["--model_path", str(model), "--output_dir", str(tmp_path / "o")] + extra) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("error:") == 1, err

@@ -382,3 +382,76 @@ def test_nearest_upsampling_matches_repeat_and_compiles_with_xla():
         return tape.gradient(y, v)
 
     np.testing.assert_allclose(grad(tf.constant(x)).numpy(), 8.0 * x, rtol=1e-6)
+
+
+def test_fused_batch_norm_training_equals_keras():
+    """A BatchNorm under fuse_batch_norm_training gives Keras' training outputs, gradients (to
+    the input, gamma and beta) and moving statistics; inference and the class are Keras'."""
+    import types
+
+    import tensorflow as tf
+
+    from model.blocks import fuse_batch_norm_training
+
+    x = tf.random.stateless_normal((4, 8, 8, 5), seed=(1, 2)) * 3.0 + 1.0
+    upstream = tf.random.stateless_normal((4, 8, 8, 5), seed=(3, 4))
+    inp = keras.Input((8, 8, 5))
+    model = keras.Model(inp, keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(inp))
+    bn = model.layers[-1]
+    bn.gamma.assign(tf.random.stateless_uniform((5,), seed=(5, 6), minval=0.5, maxval=2.0))
+    bn.beta.assign(tf.random.stateless_normal((5,), seed=(7, 8)))
+
+    def step():
+        bn.moving_mean.assign(tf.zeros(5))
+        bn.moving_variance.assign(tf.ones(5))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = model(x, training=True)
+            loss = tf.reduce_sum(y * upstream)
+        grads = tape.gradient(loss, [x, bn.gamma, bn.beta])
+        return [t.numpy() for t in [y, *grads, bn.moving_mean, bn.moving_variance]]
+
+    plain = step()
+    fuse_batch_norm_training(model)
+    assert type(bn) is keras.layers.BatchNormalization
+    fused = step()
+    for a, b in zip(fused, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert np.abs(plain[5] - 1.0).max() > 0.1             # the statistics did move
+    keras_call = types.MethodType(keras.layers.BatchNormalization.call, bn)
+    np.testing.assert_array_equal(model(x, training=False).numpy(), keras_call(x).numpy())
+
+
+def test_hourglass_trains_with_fused_batch_norm():
+    """build_hourglass's BatchNorms use the fused kernel in training: one step's loss equals
+    the Keras path's and every gradient is within 1% of it (rounding through a deep net)."""
+    import types
+
+    import tensorflow as tf
+
+    from model.loss import heatmap_loss
+
+    model = build_hourglass(num_keypoints=3, num_stacks=2, num_channels=16, mobile=True,
+                            input_size=(64, 64))
+    _randomize(model, seed=3)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all("call" in vars(layer) for layer in bns)     # wrapped per instance
+    images = random_images(4, 64, 64, seed=4)
+    targets = tf.random.stateless_uniform((4, 16, 16, 3), seed=(5, 6))
+    weights = tf.ones((4, 3))
+    start = [v.numpy() for v in model.variables]
+
+    def step():
+        for v, value in zip(model.variables, start):
+            v.assign(value)
+        with tf.GradientTape() as tape:
+            loss, _ = heatmap_loss(targets, weights, model(images, training=True))
+        return loss.numpy(), [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+    fused = step()
+    for layer in bns:
+        layer.call = types.MethodType(keras.layers.BatchNormalization.call, layer)
+    plain = step()
+    np.testing.assert_allclose(fused[0], plain[0], rtol=1e-5)
+    for a, b in zip(fused[1], plain[1]):
+        assert np.abs(a - b).max() <= 1e-2 * np.abs(b).max() + 1e-7, np.abs(a - b).max()

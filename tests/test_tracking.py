@@ -292,8 +292,7 @@ def test_quickstart_model_follows_a_figure_that_walks_out_and_back(quickstart_ru
 @pytest.fixture(scope="module")
 def short_clip(tmp_path_factory):
     """A 12-frame 240x320 mp4 of the walking figure and its ground truth."""
-    from benchmarks.video_tracking import write_clip
-    from pipeline.synthetic import ClipConfig
+    from pipeline.synthetic import ClipConfig, write_clip
     path = str(tmp_path_factory.mktemp("clip") / "walk.mp4")
     return path, write_clip(path, ClipConfig(image_size=(240, 320), num_frames=12, laps=0.04))
 
