@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     clip = os.path.join(out, "clip.mp4")
     from pipeline.synthetic import write_clip
-    truth = write_clip(clip, config, args.seed)
+    truth = write_clip(clip, config, args.seed, fps=FPS)
     print(f"rendered {clip} ({config.num_frames} frames) in {time.time() - t0:.1f} s", flush=True)
 
     whole = run_demo(predictor, clip, os.path.join(out, "whole_frame.mp4"))
