@@ -451,7 +451,7 @@ def test_verify_names_a_wrong_records_folder(pipelines, quickstart_run, tmp_path
 
 def test_coordinates_are_frame_pixels_wherever_the_subject_is(pipelines, quickstart_run):
     """The same person moved within a larger frame (and its box with it): keypoints move by
-    exactly that offset; no box is the whole frame; too large a frame names --frame_size."""
+    that offset (to float32 rounding); no box is the whole frame; too large a frame names --frame_size."""
     from export.pipeline_model import frames_and_crops
     from model.card import read_card
     from model.runner import PipelineRunner
@@ -468,7 +468,11 @@ def test_coordinates_are_frame_pixels_wherever_the_subject_is(pipelines, quickst
         moved = np.zeros((h + dy, w + dx, 3), np.uint8)
         moved[dy:, dx:] = frame
         got, got_conf = runner(moved, box + [dx, dy, 0, 0])
-        np.testing.assert_allclose(got, keypoints + [dx, dy], atol=0.01)
+        # A wrong origin, stride or half-pixel shift moves points by >= 0.5 px. What remains is
+        # float32 rounding of the larger frame's affine (about 1e-4 px), which DARK's Newton
+        # step can magnify on a flat, low peak: CI once saw one point of 34 move 0.026 px.
+        error = np.abs(got - (keypoints + [dx, dy]))
+        assert np.median(error) < 1e-3 and error.max() < 0.1, error.max()
         np.testing.assert_allclose(got_conf, confidence, atol=1e-3)
     np.testing.assert_allclose(runner(frame, None)[0], runner(frame, [0, 0, w, h])[0], atol=1e-3)
     with pytest.raises(ValueError, match="--frame_size"):
