@@ -60,7 +60,7 @@ def human_recipe(input_size: tuple[int, int] = (96, 96)):
     return TrainConfig(
         tfrecords="", model=HourglassConfig(num_stacks=1, num_channels=128, mobile=True,
                                             input_size=input_size),
-        parser=ParserConfig(input_size=input_size, sigma=2.0, crop_mode="box", rotation_deg=30.0,
+        parser=ParserConfig(input_size=input_size, sigma=1.5, crop_mode="box", rotation_deg=30.0,
                             rotation_prob=0.5, scale_range=(0.75, 1.25), flip_prob=0.5),
         batch_size=16, optimizer="adam", learning_rate=6e-3, decay_type="cosine",
         foreground_weight=10.0, seed=0)

@@ -697,7 +697,7 @@ def frames_and_crops(tfrecords: str, split: str, card):
         crop, labels = parser.parse_eval(person)
         return frame, crop, labels
 
-    return decoder.persons(tf.data.TFRecordDataset(files)).map(parse)
+    return decoder.persons(tf.data.TFRecordDataset(files)).map(decoder.plain_graph(parse))
 
 
 HALF_PX = 0.5          # the agreement with run.py eval the issue asks for: keypoints within

@@ -80,8 +80,8 @@ def eval_dataset(tfrecords: str, split: str, spec: KeypointSpec, input_size: Seq
                                  crop_mode=crop_mode, padding=float(padding)), spec)
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
         tf.data.TFRecordDataset, cycle_length=len(files), block_length=1)
-    return decoder.persons(ds).map(parser.parse_eval, num_parallel_calls=tf.data.AUTOTUNE,
-                                   deterministic=True)
+    return decoder.persons(ds).map(decoder.plain_graph(parser.parse_eval),
+                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def load_crops(tfrecords: str, split: str, spec: KeypointSpec, input_size: Sequence[int],

@@ -42,12 +42,6 @@ from pipeline import decoder
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _plain_graph(fn):
-    """`fn` traced as written: the pipeline has no Python control flow on tensors, so AutoGraph
-    (seconds of source rewriting per process) has nothing to convert."""
-    return tf.autograph.experimental.do_not_convert(fn)
-
-
 def list_files(file_pattern: Union[str, Sequence[str]]) -> list[str]:
     """Sorted files matching the glob(s); an existing file is taken as it is (not globbed, so
     the checked lists of ``pipeline.records.split_files`` pass through); a clear error if none
@@ -111,7 +105,7 @@ class InputReader:
             ds = self._parse_train(ds, pipeline_id)
         else:
             ds = self._eval_records(pipeline_id, num_pipelines)
-            ds = ds.map(_plain_graph(self.parse_fn), num_parallel_calls=AUTOTUNE, deterministic=True)
+            ds = ds.map(decoder.plain_graph(self.parse_fn), num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.batch(batch, drop_remainder=self.is_training)
         ds = ds.prefetch(AUTOTUNE)
         options = tf.data.Options()
@@ -161,7 +155,7 @@ class InputReader:
                     seed, tf.strings.to_hash_bucket_fast(identity, 2 ** 62))
             return self.parse_fn(person, seed)
 
-        return ds.enumerate().map(_plain_graph(fn), num_parallel_calls=AUTOTUNE,
+        return ds.enumerate().map(decoder.plain_graph(fn), num_parallel_calls=AUTOTUNE,
                                   deterministic=self.seed is not None)
 
     def _eval_records(self, pipeline_id: int, num_pipelines: int) -> tf.data.Dataset:
