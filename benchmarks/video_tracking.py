@@ -37,11 +37,14 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:
+    from pipeline.synthetic import ClipTruth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAKE_QUICKSTART_MODEL = os.path.join(REPO, "quickstart_out", "logs", "final.keras")
@@ -60,7 +63,7 @@ def jitter(tracks: np.ndarray, labelled: np.ndarray) -> float:
     return float(second[triples].mean()) if triples.any() else float("nan")
 
 
-def score(pred: np.ndarray, truth) -> dict:
+def score(pred: np.ndarray, truth: "ClipTruth") -> dict:
     """Error (mean, median, px), lost share and jitter of keypoint tracks [N, K, 2]."""
     labelled = truth.visibility > 0
     errors = np.linalg.norm(pred - truth.keypoints, axis=-1)

@@ -389,8 +389,6 @@ def test_fused_batch_norm_training_equals_keras():
     the input, gamma and beta) and moving statistics; inference and the class are Keras'."""
     import types
 
-    import tensorflow as tf
-
     from model.blocks import fuse_batch_norm_training
 
     x = tf.random.stateless_normal((4, 8, 8, 5), seed=(1, 2)) * 3.0 + 1.0
@@ -426,8 +424,6 @@ def test_hourglass_trains_with_fused_batch_norm():
     """build_hourglass's BatchNorms use the fused kernel in training: one step's loss equals
     the Keras path's and every gradient is within 1% of it (rounding through a deep net)."""
     import types
-
-    import tensorflow as tf
 
     from model.loss import heatmap_loss
 
