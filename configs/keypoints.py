@@ -14,10 +14,11 @@ Blank lines and lines starting with ``#`` are ignored. Every problem raises
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Optional, Sequence
+
+from configs.files import atomic_write_text
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -319,17 +320,3 @@ def builtin_paths(dataset: str) -> dict[str, str]:
 
 def builtin_spec(dataset: str) -> KeypointSpec:
     return load_keypoint_spec(**builtin_paths(dataset))
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write a text file so that readers see the old or the new content, never a part."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

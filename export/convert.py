@@ -55,13 +55,13 @@ import contextlib
 import dataclasses
 import io
 import os
-import shutil
 import time
 from typing import Callable, Optional
 
 import numpy as np
 
-from configs import atomic_write_json
+from configs import atomic_write_bytes, atomic_write_json
+from configs.files import atomic_path
 from model.card import (
     ModelCard,
     embed_in_saved_model,
@@ -391,13 +391,11 @@ def export_saved_model(model, path: str, with_decoder: bool, card: Optional[Mode
     archive.add_endpoint("serving_default", heatmaps, input_signature=signature)
     if keypoints is not None:
         archive.add_endpoint("keypoints", keypoints, input_signature=signature)
-    tmp = f"{path.rstrip('/')}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with contextlib.redirect_stdout(io.StringIO()):
-        archive.write_out(tmp)
-    if card is not None:
-        embed_in_saved_model(tmp, card)
-    replace_dir(tmp, path)
+    with atomic_path(path, keep_extension=False) as tmp:
+        with contextlib.redirect_stdout(io.StringIO()):
+            archive.write_out(tmp)
+        if card is not None:
+            embed_in_saved_model(tmp, card)
 
 
 def onnx_available() -> bool:
@@ -417,18 +415,7 @@ def export_onnx(model, path: str, with_decoder: bool, opset: int = ONNX_OPSET) -
     fn = tf.function(keypoints if with_decoder else heatmaps, input_signature=signature,
                      autograph=False)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
-    write_bytes_atomic(path, proto.SerializeToString())
-
-
-def replace_dir(tmp: str, path: str) -> None:
-    """Move folder `tmp` to `path`, replacing what was there (old folder renamed aside first)."""
-    old = None
-    if os.path.exists(path):
-        old = f"{path.rstrip('/')}.old-{os.getpid()}"
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    atomic_write_bytes(path, proto.SerializeToString())
 
 
 # ----------------------------------------------------------------------------- TFLite
@@ -635,13 +622,6 @@ def label_outputs(outputs: list[dict], with_decoder: bool) -> list[dict]:
 # ----------------------------------------------------------------------------- driver
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def file_size(path: str) -> int:
     """Bytes of a file, or of every file under a folder."""
     if os.path.isdir(path):
@@ -762,7 +742,7 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
             inputs, outputs = tflite_io(data)
             card = card_of("tflite", quantization, config.with_decoder, inputs,
                            label_outputs(outputs, config.with_decoder), tflite_facts(data), mixed)
-            write_bytes_atomic(path, embed_in_tflite(data, card))
+            atomic_write_bytes(path, embed_in_tflite(data, card))
             add(path, card, time.time() - started)
 
     manifest = merge_manifest(output_dir, model_path, variants, log)

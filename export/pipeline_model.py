@@ -628,15 +628,8 @@ def export_pipelines(model_path: str, output_dir: str, frame_size: Sequence[int]
     heatmap ``variants`` that ``python -m export.verify`` scores are kept); returns the manifest."""
     import time
 
-    from configs import atomic_write_json
-    from export.convert import (
-        MANIFEST_NAME,
-        QUANT_NAMES,
-        file_size,
-        merge_manifest,
-        source_with_card,
-        write_bytes_atomic,
-    )
+    from configs import atomic_write_bytes, atomic_write_json
+    from export.convert import MANIFEST_NAME, QUANT_NAMES, file_size, merge_manifest, source_with_card
     from model.card import embed_in_tflite, metadata_path, write_card_beside
     model, source_card = source_with_card(model_path, card, model)
     bad = [q for q in quantizations if q not in QUANTIZATIONS]
@@ -651,7 +644,7 @@ def export_pipelines(model_path: str, output_dir: str, frame_size: Sequence[int]
         data = convert_pipeline(model, source_card, frame_size, quantization, calibration)
         path = os.path.join(output_dir, f"{stem}_{QUANT_NAMES[quantization]}{SUFFIX}")
         file_card = pipeline_card(source_card, quantization, frame_size, data, calibration, model_path)
-        write_bytes_atomic(path, embed_in_tflite(data, file_card))
+        atomic_write_bytes(path, embed_in_tflite(data, file_card))
         write_card_beside(path, file_card)
         seconds = time.time() - started
         entry = {"name": os.path.basename(path), "path": os.path.relpath(path, output_dir),

@@ -25,6 +25,7 @@ import zipfile
 from typing import Optional
 
 from configs import KeypointSpec, KeypointSpecError, atomic_write_json
+from configs.files import atomic_path
 from model.hourglass import OUTPUT_STRIDE
 
 CARD_VERSION = 1
@@ -315,12 +316,7 @@ def save_keras(model, path: str, card: Optional[ModelCard]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if card is not None:
         write_card_beside(path, card)
-    tmp = f"{path[:-len('.keras')]}.tmp-{os.getpid()}.keras"
-    try:
+    with atomic_path(path) as tmp:
         model.save(tmp)
         if card is not None:
             embed_in_keras(tmp, card)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

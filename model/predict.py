@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Optional
 import cv2
 import numpy as np
 
+from configs.files import atomic_path, temp_path
 from model.predictor import Predictor
 from model.tracking import (
     DEFAULT_TRACK_THRESHOLD,
@@ -29,6 +30,7 @@ from model.tracking import (
     Tracker,
     smooth_step,
 )
+from pipeline.video import VIDEO_EXTENSIONS, VideoWriter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +65,6 @@ def pipeline_runner(path: str):
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-VIDEO_EXTENSIONS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 DEFAULT_FPS = 25.0      # when the input (a webcam, some containers) reports no frame rate
 
 
@@ -149,7 +150,7 @@ class _CsvWriter:
 
     def __init__(self, path: str, names):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.path, self.names, self.tmp = path, list(names), _tmp_name(path)
+        self.path, self.names, self.tmp = path, list(names), temp_path(path)
         self.file = open(self.tmp, "w", encoding="utf-8", newline="")
         self.file.write(self.HEADER)
 
@@ -185,22 +186,12 @@ def _image_frames(paths: list[str]) -> Iterator[tuple[str, Optional[np.ndarray]]
         yield path, (None if bgr is None else bgr[..., ::-1])
 
 
-def _tmp_name(path: str) -> str:
-    stem, ext = os.path.splitext(path)
-    return f"{stem}.tmp-{os.getpid()}{ext}"
-
-
 def _write_image(path: str, bgr: np.ndarray) -> None:
     """Temp file then rename: never a half-written image under the final name."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
+    with atomic_path(path) as tmp:
         if not cv2.imwrite(tmp, bgr):
             raise ValueError(f"cannot write {path}: use a .jpg or .png name in a writable folder")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def run_demo(predictor: Predictor | PipelinePredictor, source: str, output: Optional[str], *, bbox=None,
@@ -247,7 +238,8 @@ def run_demo(predictor: Predictor | PipelinePredictor, source: str, output: Opti
     tracker = Tracker(predict, track_threshold, init_box=bbox) if track else None
     smoother = OneEuroFilter(smooth, conf_threshold) if smooth else None
     rate = fps or DEFAULT_FPS
-    writer, tmp_video, written, skipped, count, started = None, None, [], [], 0, time.time()
+    writer = VideoWriter(out_video, fps) if video and output else None
+    written, skipped, count, started = [], [], 0, time.time()
     table = _CsvWriter(csv, predictor.spec.names) if csv else None
     predictions = []
     try:
@@ -276,16 +268,7 @@ def run_demo(predictor: Predictor | PipelinePredictor, source: str, output: Opti
             if draw_box and box is not None:
                 drawn = draw_box_on(drawn, box, tracked=tracker is None or step.status == "tracked")
             bgr = np.ascontiguousarray(drawn[..., ::-1])
-            if video and output:
-                if writer is None:
-                    os.makedirs(os.path.dirname(os.path.abspath(out_video)), exist_ok=True)
-                    tmp_video = _tmp_name(out_video)
-                    fourcc = VIDEO_EXTENSIONS[os.path.splitext(out_video)[1].lower()]
-                    writer = cv2.VideoWriter(tmp_video, cv2.VideoWriter_fourcc(*fourcc), fps,
-                                             (bgr.shape[1], bgr.shape[0]))
-                    if not writer.isOpened():
-                        raise ValueError(f"cannot write the video {out_video}: OpenCV has no "
-                                         f"{fourcc} writer for it; try a .mp4 or .avi name")
+            if writer is not None:
                 writer.write(bgr)
             elif output:
                 _write_image(outputs[i], bgr)
@@ -293,21 +276,15 @@ def run_demo(predictor: Predictor | PipelinePredictor, source: str, output: Opti
             count += 1
             if max_frames and count >= max_frames:
                 break
-        if writer is not None:
-            writer.release()
+        if writer is not None and count:
+            written.append(writer.close())
             writer = None
-            if not os.path.isfile(tmp_video) or os.path.getsize(tmp_video) == 0:
-                raise ValueError(f"cannot write the video {out_video}: OpenCV wrote nothing")
-            os.replace(tmp_video, out_video)
-            written.append(out_video)
         if table is not None and count:
             written.append(table.finish())
             table = None
     finally:
         if writer is not None:
-            writer.release()
-        if tmp_video and os.path.exists(tmp_video):
-            os.remove(tmp_video)
+            writer.discard()
         if table is not None:
             table.discard()
         if capture is not None:

@@ -209,6 +209,7 @@ class Trainer:
             write_run_identity(cfg.log_dir, self.identity)   # before the first checkpoint
         self.train_pattern = split_pattern(cfg.tfrecords, "train")
         self.val_pattern = split_pattern(cfg.tfrecords, "val") if self.num_val else None
+        self._val_ds = self._summary_images = None     # built at the first evaluation
 
         self.parser = Parser(cfg.parser, spec)
         self.codec = HeatmapCodec(cfg.parser.input_size, cfg.parser.stride, cfg.parser.sigma)
@@ -280,6 +281,13 @@ class Trainer:
         reader = self._dataset_fn(pattern, training)
         return self.strategy.distribute_datasets_from_function(reader)
 
+    def _val_dataset(self):
+        """The distributed val dataset, built (and its maps traced) once per run; every
+        evaluation iterates it afresh from its first record."""
+        if self._val_ds is None:
+            self._val_ds = self._distributed(self.val_pattern, training=False)
+        return self._val_ds
+
     # ---------------------------------------------------------------- evaluation
     def evaluate(self) -> Optional[dict]:
         """Validation loss and PCK (overall, per keypoint) over every val record, plus torso
@@ -288,7 +296,7 @@ class Trainer:
         if self.val_pattern is None:
             return None
         sums = EvalSums(self.spec.num_keypoints)
-        for batch in self._distributed(self.val_pattern, training=False):
+        for batch in self._val_dataset():
             sums.add(self.strategy, self._eval_step(batch))
         return sums.result(self.spec.names)
 
@@ -349,12 +357,19 @@ class Trainer:
             if self.cfg.num_summary_images and self.chief:
                 self._write_image_summaries()
 
+    def _summary_batch(self):
+        """The first ``num_summary_images`` val crops, read once per run: the same crops at
+        every evaluation, so their drawings show the model change."""
+        if self._summary_images is None:
+            from pipeline.input_reader import InputReader
+            reader = InputReader(file_pattern=self.val_pattern, parser=self.parser, is_training=False,
+                                 global_batch_size=self.cfg.num_summary_images, seed=self.cfg.seed)
+            self._summary_images = next(iter(reader(None)))
+        return self._summary_images
+
     def _write_image_summaries(self):
         from model.draw import draw_skeleton, heatmap_overlay
-        from pipeline.input_reader import InputReader
-        reader = InputReader(file_pattern=self.val_pattern, parser=self.parser, is_training=False,
-                             global_batch_size=self.cfg.num_summary_images, seed=self.cfg.seed)
-        images, labels = next(iter(reader(None)))
+        images, labels = self._summary_batch()
         predictions = as_stack_list(self.model(images, training=False))
         coords, conf = self.codec.decode(predictions[-1], refine="dark")
         drawn, maps = [], []

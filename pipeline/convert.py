@@ -63,7 +63,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from configs import KeypointSpec, KeypointSpecError, builtin_paths, load_keypoint_spec
+from configs import KeypointSpec, KeypointSpecError, atomic_write_json, builtin_paths, load_keypoint_spec
+from configs.files import temp_path
 from pipeline import schema
 from pipeline.records import (
     INFO_NAME,
@@ -76,7 +77,6 @@ from pipeline.records import (
     sha256_file,
     shard_name,
     split_files,
-    write_json_atomic,
 )
 from pipeline.schema import SCHEMA_VERSION, PersonRecord
 from pipeline.sources import ConversionError, ReaderOptions, Skip, SourceData, validate_split_name
@@ -164,7 +164,7 @@ def convert_dataset(fmt: str, annotations: str, images: str, output: str, *,
         files = spec.write(output, SPEC_PREFIX)
         info = _merge_info(existing, spec, files, fmt, annotations, images, options, source, results)
         journal = _journal(output, results, info)
-        write_json_atomic(os.path.join(output, JOURNAL_NAME), journal)
+        atomic_write_json(os.path.join(output, JOURNAL_NAME), journal)
         fsync_dir(output)
     except BaseException as e:
         for r in results.values():
@@ -252,7 +252,7 @@ def apply_journal(output: str, journal: dict) -> None:
         if os.path.exists(path):
             os.remove(path)
     _stage("old_removed")
-    write_json_atomic(os.path.join(output, INFO_NAME), journal["info"])
+    atomic_write_json(os.path.join(output, INFO_NAME), journal["info"])
     fsync_dir(output)
     _stage("info_written")
     os.remove(os.path.join(output, JOURNAL_NAME))
@@ -294,7 +294,7 @@ def recover_commit(output: str) -> None:
         for key in ("splits", "counts", "skipped"):
             for split in splits:
                 (info.get(key) or {}).pop(split, None)
-        write_json_atomic(os.path.join(output, INFO_NAME), info)
+        atomic_write_json(os.path.join(output, INFO_NAME), info)
     os.remove(path)
     fsync_dir(output)
     print(f"{output}: an interrupted conversion could not be completed ({reason}); its split(s) "
@@ -647,7 +647,7 @@ def _write_splits(source: SourceData, splits: list[str], output: str,
         n = max(1, min(options.num_shards or math.ceil(len(split_tasks) / RECORDS_PER_SHARD),
                        len(split_tasks)))
         finals = [shard_name(split, i, n) for i in range(n)]
-        temps = [os.path.join(output, f"{name}.tmp-{os.getpid()}") for name in finals]
+        temps = [temp_path(os.path.join(output, name), keep_extension=False) for name in finals]
         results[split] = SplitResult(split, n, temps, finals,
                                      skipped=[s for s in source.skipped if s.split == split])
         tasks += split_tasks

@@ -204,24 +204,6 @@ def data_loss_error(folder: str, error: BaseException, splits: Optional[list[str
     return RecordsError(f"{folder}: a shard is damaged ({first}); {RERUN}")
 
 
-def write_json_atomic(path: str, data) -> None:
-    """Write json so that readers see the old or the new file, never a part; on any error the
-    temporary file is removed and the old file stays."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def fsync_dir(folder: str) -> None:
     """Make renames in `folder` durable (no-op where directories cannot be opened)."""
     try:

@@ -36,8 +36,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from configs import atomic_write_json, builtin_spec
+from configs import atomic_write_bytes, atomic_write_json, builtin_spec
 from pipeline.coords import from_pixel_index, to_pixel_index
+from pipeline.video import VideoWriter
 
 SHIFT = 4                 # OpenCV sub-pixel bits: coordinates are drawn on a 1/16 px grid
 SUBPIXEL = 1 << SHIFT
@@ -525,30 +526,19 @@ class ClipTruth:
 
 
 def write_clip(path: str, config: ClipConfig, seed: int = 0, fps: float = 25.0) -> ClipTruth:
-    """Render the clip into an mp4v video at `path` (temporary name, renamed when complete);
-    returns its ground truth."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    stem, ext = os.path.splitext(path)
-    tmp = f"{stem}.tmp-{os.getpid()}{ext}"
-    height, width = config.image_size
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    """Render the clip into a video at `path` (``pipeline.video.VideoWriter``: whole or not
+    there); returns its ground truth."""
     keypoints, visibility, boxes = [], [], []
-    try:
-        if not writer.isOpened():
-            raise RuntimeError(f"OpenCV cannot write {path} (no mp4v writer)")
+    with VideoWriter(path, fps) as writer:
         for frame in render_clip(config, seed):
-            writer.write(np.ascontiguousarray(frame.image[..., ::-1]))
+            writer.write(frame.image[..., ::-1])
             keypoints.append(frame.keypoints)
             visibility.append(frame.visibility)
             boxes.append(frame.bbox)
-        writer.release()
-        os.replace(tmp, path)
-    finally:
-        writer.release()
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        writer.close()
+    height, width = config.image_size
     return ClipTruth(np.stack(keypoints), np.stack(visibility), np.asarray(boxes, np.float64),
-                 (int(height), int(width)))
+                     (int(height), int(width)))
 
 
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -568,10 +558,7 @@ def _write_jpeg(path: str, image_rgb: np.ndarray, quality: int) -> None:
                             [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise RuntimeError(f"{path}: OpenCV could not encode the JPEG")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data.tobytes())
 
 
 def _write_split(out_dir: str, split: str, count: int, first_id: int, image_size: tuple[int, int],

@@ -194,7 +194,7 @@ def test_disk_full_while_writing_the_journal(tmp_path, old_and_new, monkeypatch)
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    monkeypatch.setattr(convert, "write_json_atomic", full)
+    monkeypatch.setattr(convert, "atomic_write_json", full)
     with pytest.raises(ConversionError, match="No space left on device"):
         convert_dataset("coco", COCO_JSON, COCO_IMAGES, out, split="train", num_shards=2, options=SERIAL)
     assert not glob.glob(os.path.join(out, "*.tmp-*")) and shard_bytes(out) == before
