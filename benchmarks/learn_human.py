@@ -206,37 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=LSPET_DIR, help="the lspet folder (joints.mat, images/)")
     p.add_argument("--input_size", type=learn_real._size, default=d.model.input_size,
                    help="HxW, multiples of 32")
-    p.add_argument("--num_stacks", type=int, default=d.model.num_stacks)
-    p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=d.model.num_channels == 128,
-                   help="128 channels instead of 256")
-    p.add_argument("--mobile", action=argparse.BooleanOptionalAction, default=d.model.mobile,
-                   help="depthwise-separable convolutions")
-    p.add_argument("--sigma", type=float, default=d.parser.sigma, help="heatmap Gaussian sigma (heatmap px)")
-    p.add_argument("--batch_size", type=int, default=d.batch_size)
-    p.add_argument("--learning_rate", type=float, default=d.learning_rate)
-    p.add_argument("--rotation_deg", type=float, default=d.parser.rotation_deg)
-    p.add_argument("--rotation_prob", type=float, default=d.parser.rotation_prob)
-    p.add_argument("--scale_min", type=float, default=d.parser.scale_range[0])
-    p.add_argument("--scale_max", type=float, default=d.parser.scale_range[1])
-    p.add_argument("--foreground_weight", type=float, default=d.foreground_weight,
-                   help="loss weight 1 + F x target per heatmap pixel (model.loss)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--epochs", type=int, default=10, help="epochs of the main run (val PCK after each)")
-    p.add_argument("--warmup_steps", type=int, default=60, help="steps of the throughput warm-up")
+    learn_real.add_recipe_arguments(p, d, epochs=10)
     return p
 
 
 def recipe_from_args(args):
     """human_recipe() at --input_size, with the other flags' values."""
-    d = human_recipe(tuple(args.input_size))
-    return dataclasses.replace(
-        d, model=dataclasses.replace(d.model, num_stacks=args.num_stacks,
-                                     num_channels=128 if args.tiny else 256, mobile=args.mobile),
-        parser=dataclasses.replace(d.parser, sigma=args.sigma, rotation_deg=args.rotation_deg,
-                                   rotation_prob=args.rotation_prob,
-                                   scale_range=(args.scale_min, args.scale_max)),
-        batch_size=args.batch_size, learning_rate=args.learning_rate,
-        foreground_weight=args.foreground_weight, seed=args.seed)
+    return learn_real.with_recipe_args(human_recipe(tuple(args.input_size)), args)
 
 
 def main(argv=None) -> int:

@@ -445,7 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", choices=("box", "frame"), default="box",
                    help="box: labelled-points box (GT-box evaluation); frame: whole frame letterboxed")
     p.add_argument("--input_size", type=_size, help="HxW (default 128x128 box, 192x256 frame)")
-    d = default_recipe()
+    add_recipe_arguments(p, default_recipe(), epochs=5)
+    return p
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser, d, epochs: int) -> None:
+    """The recipe flags of both learning benchmarks (model, targets, augmentation, optimizer,
+    seed, schedule), defaulting to the recipe ``d``'s values; ``with_recipe_args`` applies them."""
     p.add_argument("--num_stacks", type=int, default=d.model.num_stacks)
     p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=d.model.num_channels == 128,
                    help="128 channels instead of 256")
@@ -455,23 +461,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=d.batch_size)
     p.add_argument("--learning_rate", type=float, default=d.learning_rate)
     p.add_argument("--rotation_deg", type=float, default=d.parser.rotation_deg)
+    p.add_argument("--rotation_prob", type=float, default=d.parser.rotation_prob)
     p.add_argument("--scale_min", type=float, default=d.parser.scale_range[0])
     p.add_argument("--scale_max", type=float, default=d.parser.scale_range[1])
+    p.add_argument("--foreground_weight", type=float, default=d.foreground_weight,
+                   help="loss weight 1 + F x target per heatmap pixel (model.loss)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--epochs", type=int, default=5, help="epochs of the main run (val PCK after each)")
+    p.add_argument("--epochs", type=int, default=epochs, help="epochs of the main run (val PCK after each)")
     p.add_argument("--warmup_steps", type=int, default=60, help="steps of the throughput warm-up")
-    return p
 
 
-def recipe_from_args(args):
-    """default_recipe() for --crop and --input_size, with the other flags' values."""
-    d = default_recipe(args.crop, args.input_size)
+def with_recipe_args(d, args):
+    """The recipe ``d`` with the values of ``add_recipe_arguments``' flags."""
     return dataclasses.replace(
         d, model=dataclasses.replace(d.model, num_stacks=args.num_stacks,
                                      num_channels=128 if args.tiny else 256, mobile=args.mobile),
         parser=dataclasses.replace(d.parser, sigma=args.sigma, rotation_deg=args.rotation_deg,
+                                   rotation_prob=args.rotation_prob,
                                    scale_range=(args.scale_min, args.scale_max)),
-        batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        foreground_weight=args.foreground_weight, seed=args.seed)
+
+
+def recipe_from_args(args):
+    """default_recipe() for --crop and --input_size, with the other flags' values."""
+    return with_recipe_args(default_recipe(args.crop, args.input_size), args)
 
 
 def main(argv=None) -> int:

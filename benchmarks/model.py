@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -58,15 +56,10 @@ def measure_latency_ms(model, input_size, warmup: int, repeats: int) -> float:
     """Median wall time (ms) of one batch-1 call of the compiled forward pass."""
     image = tf.constant(np.random.default_rng(0).integers(
         0, 256, (1, input_size[0], input_size[1], 3), dtype=np.uint8))
+    from export.verify import interleaved_latency_ms
     forward = tf.function(lambda x: model(x, training=False))
-    for _ in range(warmup):
-        [o.numpy() for o in forward(image)]
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        [o.numpy() for o in forward(image)]
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    return interleaved_latency_ms({"forward": lambda: [o.numpy() for o in forward(image)]},
+                                  repeats, rounds=1, warmup=warmup)["forward"]
 
 
 def main(argv=None):

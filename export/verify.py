@@ -84,18 +84,6 @@ def load_manifest(models_dir: str) -> dict:
     return manifest
 
 
-def median_latency_ms(fn: Callable[[], object], runs: int, warmup: int = 3) -> float:
-    """Median wall time of `fn()` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(1, runs)):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1e3)
-
-
 def interleaved_latency_ms(timers: dict, runs: int, rounds: int, warmup: int = 3,
                            clock: Callable[[], float] = time.perf_counter) -> dict:
     """Median time (ms, by ``clock``: wall time by default) of each ``timers[key]()``: every
