@@ -1,8 +1,11 @@
 """Atomic file writes: a reader sees a file's old content or its new content, never a part.
 
-Every writer of the project writes to a temporary sibling of its target (``temp_path``: same
-folder, so the final rename is atomic) and renames it onto the target only once it is whole;
-on any error the temporary file is removed and the target is left as it was.
+A writer writes to a temporary sibling of its target (``temp_path``: same folder, so the
+final rename is atomic) and renames it onto the target only once it is whole; on any error
+the temporary file is removed and the target is left as it was. (Two writers name their
+temporaries themselves: ``model.run_dir`` rewrites an event file under a name without
+"tfevents", which TensorBoard would read, and ``benchmarks.learn_real`` keeps the
+``.weights.h5`` suffix Keras requires.)
 """
 from __future__ import annotations
 
