@@ -9,10 +9,14 @@ takes the frame and the box itself (``model.runner.PipelineRunner``), is another
 
 ``Tracker`` (what MoveNet and BlazePose do without a detector): the first frame, or a frame
 after the subject was lost, is searched: read whole (or from a given box); each next frame
-is read from the box of the previous frame's confident keypoints, widened by ``BOX_MARGIN``
-(joints lie inside the body: a head reaches above its eyes), which the predictor then pads
-and widens as in training. When a frame's mean confidence falls below the threshold the
-tracker re-initializes: the same frame is searched again. A subject small in the frame is not
+is read from the box of the previous frame's keypoints, widened by ``BOX_MARGIN`` (joints
+lie inside the body: a head reaches above its eyes), which the predictor then pads and widens
+as in training. The box holds every keypoint of at least ``BOX_POINT_SHARE`` x the tracking
+threshold: a joint near the edge of a tight crop loses confidence first, and a box of only the
+surely-seen joints would frame a smaller crop, lose the next joints, and close in on part of
+the subject (a crop of head and shoulders stays confident enough to be kept). When a frame's
+mean confidence falls below the threshold the tracker re-initializes: the same frame is
+searched again. A subject small in the frame is not
 found in the whole frame (it is a few pixels of the model's input), so when the whole frame
 is not confident a search also reads a few ``search_tiles`` (squares of half the frame's
 shorter side, overlapping by half), the next ones in turn on each searched frame, and keeps
@@ -37,6 +41,7 @@ FramePredictor = Callable[[np.ndarray, Optional[Box]], tuple[np.ndarray, np.ndar
 DEFAULT_TRACK_THRESHOLD = 0.5   # mean confidence under which the subject counts as lost
 TILES_PER_SEARCH = 4            # search tiles read per searched frame (after the whole frame)
 BOX_MARGIN = 0.06               # keypoints' box widened by this x its longer side, each side
+BOX_POINT_SHARE = 0.5           # a keypoint frames the next box from this x the threshold
 DEFAULT_MIN_CUTOFF = 1.0        # Hz: cutoff of a still keypoint
 DEFAULT_BETA = 4.0              # cutoff rise per subject size per second of keypoint speed
 D_CUTOFF = 1.0                  # Hz: cutoff of the speed estimate (the paper's default)
@@ -145,7 +150,7 @@ class Tracker:
     def _done(self, keypoints, confidence, box, status, reinitialized) -> TrackStep:
         # Even a lost frame's few confident points are tried as the next box: that is how a
         # search locks on to a subject it saw at the wrong scale.
-        self._box = keypoint_box(keypoints, confidence, self.threshold, self.margin)
+        self._box = keypoint_box(keypoints, confidence, BOX_POINT_SHARE * self.threshold, self.margin)
         self.counts[status] += 1
         return TrackStep(keypoints, confidence, box, status, reinitialized)
 

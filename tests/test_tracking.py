@@ -235,6 +235,43 @@ def test_a_given_box_is_where_the_tracker_searches():
     assert len(scene.calls) == 6
 
 
+class _EdgeScene:
+    """A still upright subject of K points in a column (`size` px tall); a read window (the
+    box padded by 1.25 as a square) sees the points inside it exactly, with confidence 0.9 if
+    they are clear of its edge (a tenth of its side) and 0.3 near it; the points outside it
+    are put on its edge with confidence 0.3: what a model does with a crop that cuts the
+    subject (a crop of head and shoulders still reads with a mean confidence over 0.5)."""
+
+    K = 8
+
+    def __init__(self, size=120.0, center=(320.0, 240.0)):
+        self.points = np.stack([np.full(self.K, center[0]),
+                                center[1] + size * (np.linspace(0, 1, self.K) - 0.5)], -1)
+
+    def predict(self, frame, box):
+        side = 1.25 * max(box[2], box[3])
+        c = np.array([box[0] + box[2] / 2, box[1] + box[3] / 2])
+        lo, hi = c - side / 2, c + side / 2
+        clear = ((self.points >= lo + 0.1 * side) & (self.points <= hi - 0.1 * side)).all(-1)
+        return np.clip(self.points, lo, hi), np.where(clear, 0.9, 0.3)
+
+
+def test_a_crop_that_cuts_the_subject_grows_until_it_holds_it():
+    """Started on the top half of the subject, the tracked crop grows (the points it cut,
+    on its edge, frame the next box) until every point is read clear of the edge, and then
+    holds: it never closes in on the part it saw first."""
+    scene = _EdgeScene()
+    top = scene.points[:3]
+    tracker = Tracker(scene.predict, init_box=(300.0, top[0, 1], 40.0, top[-1, 1] - top[0, 1]))
+    steps = [tracker.step(np.zeros((480, 640, 3), np.uint8)) for _ in range(12)]
+    assert [s.status for s in steps] == ["search"] + ["tracked"] * 11
+    whole = next((i for i, s in enumerate(steps) if (s.confidence == 0.9).all()), None)
+    assert whole is not None and whole <= 8, [s.confidence for s in steps]
+    for s in steps[whole:]:
+        np.testing.assert_allclose(s.keypoints, scene.points)
+        assert (s.confidence == 0.9).all()
+
+
 def test_smoothing_holds_through_a_lost_frame_and_restarts_on_a_search():
     """A lost frame's guesses never reach the filtered keypoints; a search (the subject found
     afresh, maybe elsewhere) is taken as it is."""
