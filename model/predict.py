@@ -6,10 +6,10 @@ uses the same affine and warp as training, and predictions go back through its i
 (``model.predictor.Predictor``, with the model card's crop and codec).
 
 With ``track`` each frame (a video's, a webcam's or a folder's, in name order) is read from
-the box of the previous frame's confident keypoints (``model.tracking.Tracker``); with
-``smooth`` the keypoints go through a One-Euro filter (``model.tracking.OneEuroFilter``) in
-frame pixels, at the input's frame rate. A CSV (frame, keypoint, x, y, confidence) can be
-written beside the drawings.
+the box of the previous frame's keypoints (``model.tracking.Tracker``); with ``smooth``
+the keypoints go through a One-Euro filter that moves with the subject
+(``model.tracking.OneEuroFilter``) in frame pixels, at the input's frame rate. A CSV
+(frame, keypoint, x, y, confidence) can be written beside the drawings.
 """
 from __future__ import annotations
 

@@ -22,10 +22,11 @@ is not confident a search also reads a few ``search_tiles`` (squares of half the
 shorter side, overlapping by half), the next ones in turn on each searched frame, and keeps
 the most confident read: the subject is found within a few frames wherever it is.
 
-``OneEuroFilter`` (Casiez, Roussel and Vogel, CHI 2012) per keypoint in frame pixels, with
-speeds measured in subject sizes per second, so that one setting suits small and large
-subjects; a point below its confidence threshold keeps its last filtered position instead
-of dragging it.
+``OneEuroFilter`` (Casiez, Roussel and Vogel, CHI 2012) in frame pixels, moving with the
+subject: the centre of its confident keypoints is filtered apart from each keypoint's motion
+within the subject, so a walking subject does not lag by its stride; speeds are measured in
+subject sizes per second, so that one setting suits small and large subjects; a point below
+its confidence threshold keeps its last filtered position instead of dragging it.
 """
 from __future__ import annotations
 
@@ -181,16 +182,29 @@ class OneEuroSettings:
 
 
 class OneEuroFilter:
-    """One-Euro filter of K 2-D points (one cutoff per point, from its speed).
+    """One-Euro filter of K 2-D points that moves with the subject.
 
-    ``filter(t, points, confidence)`` -> filtered points [K, 2]. Promises: a point's first
-    confident sample, and every sample of a constant signal, come out exactly as they went in;
-    a point under ``conf_threshold`` (or not finite) is not fed: it comes out at its last
-    filtered position (or as given if it has none yet) and its next confident sample is
-    filtered over the whole time since its last one. Speeds are divided by the subject's size,
-    the longer side of its confident points' extent (the last known one when too few are
-    confident), so ``beta`` means the same for a small and a large subject; until a size is
-    known (fewer than ``min_points`` confident points so far) the cutoff is ``min_cutoff``."""
+    ``filter(t, points, confidence)`` -> filtered points [K, 2]. The subject's common motion
+    is filtered apart from each point's motion within it: the centre, the mean of the n
+    confident points, goes through a One-Euro filter of its own, with the points'
+    ``min_cutoff`` and sqrt(n) x their ``beta`` (its speed estimate is sqrt(n) x less noisy
+    than one point's, so its cutoff can follow its speed that much more closely), and each
+    confident point's filtered position is first carried by the filtered centre's move, then
+    filtered towards its sample with the points' settings and its speed relative to the
+    centre. A walking subject so lags by its limbs' motion only, not by its whole stride.
+    With fewer than ``min_points`` confident points there is no centre and every point is
+    filtered on its own.
+
+    Promises: a point's first confident sample, and every sample of a constant signal, come
+    out exactly as they went in; a point under ``conf_threshold`` (or not finite) is not fed:
+    it comes out at its last filtered position (or as given if it has none yet) and its next
+    confident sample is filtered over the whole time since its last one. Speeds are divided
+    by the subject's size, the longer side of its confident points' extent (the last known
+    one when too few are confident), so ``beta`` means the same for a small and a large
+    subject (the output of a subject scaled and moved is the output scaled and moved); until
+    a size is known the cutoff is ``min_cutoff``. When the set of confident points changes
+    the centre is taken afresh, from the filtered positions of the new set, so no point
+    jumps because another one came or went."""
 
     def __init__(self, settings: OneEuroSettings = OneEuroSettings(), conf_threshold: float = 0.1):
         self.settings, self.conf_threshold = settings, conf_threshold
@@ -200,6 +214,7 @@ class OneEuroFilter:
         """Forget every point (e.g. the subject was lost): the next samples pass unchanged."""
         self._x = self._dx = self._t = None
         self._size: Optional[float] = None
+        self._centre = self._dcentre = self._tcentre = self._members = None
 
     def __call__(self, t: float, points: np.ndarray, confidence: np.ndarray) -> np.ndarray:
         points = np.asarray(points, np.float64)
@@ -211,21 +226,49 @@ class OneEuroFilter:
         if size is not None:
             self._size = max(size[2], size[3])
         started = ok & np.isfinite(self._t)
+        if started.any() and (t <= self._t[started]).any():
+            raise ValueError(f"the filter's times must increase: got t={t} after "
+                             f"{self._t[started].max()}")
+        carried = self._x[started] + self._centre_move(t, points, ok, started)
         first = ok & ~started
         self._x[first], self._dx[first], self._t[first] = points[first], 0.0, t
         if started.any():
             dt = t - self._t[started]
-            if (dt <= 0).any():
-                raise ValueError(f"the filter's times must increase: got t={t} after "
-                                 f"{self._t[started].max()}")
-            x, x_prev = points[started], self._x[started]
-            a_d = _alpha(dt, D_CUTOFF)[:, None]
-            dx = self._dx[started] + a_d * ((x - x_prev) / dt[:, None] - self._dx[started])
-            speed = np.linalg.norm(dx, axis=-1) / self._size if self._size else 0.0
-            a = _alpha(dt, self.settings.min_cutoff + self.settings.beta * speed)[:, None]
-            self._x[started] = x_prev + a * (x - x_prev)   # x == x_prev gives x_prev exactly
+            x = points[started]
+            dx, a = self._step(x, carried, self._dx[started], dt, 1.0)
+            self._x[started] = carried + a * (x - carried)   # x == carried gives carried exactly
             self._dx[started], self._t[started] = dx, t
         return np.where(np.isfinite(self._t)[:, None], self._x, points)
+
+    def _centre_move(self, t: float, points: np.ndarray, ok: np.ndarray, started: np.ndarray):
+        """How far the filtered centre moves at time t (0 without a centre)."""
+        if ok.sum() < min_points(len(points)):
+            self._centre = None
+            return 0.0
+        centre = points[ok].mean(axis=0)
+        if self._centre is None or not np.array_equal(ok, self._members):
+            # Taken afresh: the new set's filtered positions (its samples where it has none).
+            self._centre = np.where(started[:, None], self._x, points)[ok].mean(axis=0)
+            if self._dcentre is None:
+                self._dcentre, self._tcentre = np.zeros(2), t
+            self._members = ok
+        if t <= self._tcentre:
+            return 0.0
+        scale = math.sqrt(ok.sum())
+        dt = np.array([t - self._tcentre])
+        before = self._centre
+        dc, a = self._step(centre[None], before[None], self._dcentre[None], dt, scale)
+        self._centre = before + a[0] * (centre - before)
+        self._dcentre, self._tcentre = dc[0], t
+        return self._centre - before
+
+    def _step(self, x, x_prev, dx_prev, dt, beta_scale):
+        """(new speed estimates, smoothing factors [N, 1]) of samples x against x_prev."""
+        a_d = _alpha(dt, D_CUTOFF)[:, None]
+        dx = dx_prev + a_d * ((x - x_prev) / dt[:, None] - dx_prev)
+        speed = np.linalg.norm(dx, axis=-1) / self._size if self._size else 0.0
+        cutoff = self.settings.min_cutoff + beta_scale * self.settings.beta * speed
+        return dx, _alpha(dt, cutoff)[:, None]
 
 
 def smooth_step(smoother: OneEuroFilter, t: float, step: TrackStep) -> np.ndarray:
