@@ -247,10 +247,9 @@ def run_trainer(cfg, spec, weights_out: Optional[str] = None) -> tuple[dict, Run
     write_run_config(cfg.log_dir, cfg, spec)
     summary = trainer.train()
     if weights_out:
-        from configs.files import temp_path
-        tmp = temp_path(weights_out[:-len(".weights.h5")]) + ".weights.h5"   # Keras wants the suffix
-        trainer.model.save_weights(tmp)
-        os.replace(tmp, weights_out)
+        from configs.files import atomic_path
+        with atomic_path(weights_out) as tmp:
+            trainer.model.save_weights(tmp)
     timing = RunTiming(total_s=time.time() - started, loops=list(trainer.loop_seconds),
                        evals=list(trainer.eval_seconds))
     return summary, timing

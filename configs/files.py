@@ -2,10 +2,9 @@
 
 A writer writes to a temporary sibling of its target (``temp_path``: same folder, so the
 final rename is atomic) and renames it onto the target only once it is whole; on any error
-the temporary file is removed and the target is left as it was. (Two writers name their
-temporaries themselves: ``model.run_dir`` rewrites an event file under a name without
-"tfevents", which TensorBoard would read, and ``benchmarks.learn_real`` keeps the
-``.weights.h5`` suffix Keras requires.)
+the temporary file is removed and the target is left as it was. (One writer names its
+temporary itself: ``model.run_dir`` rewrites an event file under a name without "tfevents",
+which TensorBoard would read.)
 """
 from __future__ import annotations
 
@@ -16,16 +15,19 @@ import shutil
 from typing import Iterator
 
 TEMP_TAG = ".tmp-"      # every temporary name holds it: `*.tmp-*` finds leftovers
+WHOLE_EXTENSIONS = (".weights.h5",)   # kept whole: Keras refuses any other weights name
 
 
 def temp_path(path: str, keep_extension: bool = True) -> str:
     """The temporary sibling of ``path`` for this process: ``<stem>.tmp-<pid><ext>`` (the
     extension kept, for writers that choose the format from it: OpenCV, Keras) or, with
-    ``keep_extension=False``, ``<path>.tmp-<pid>``."""
+    ``keep_extension=False``, ``<path>.tmp-<pid>``. A ``WHOLE_EXTENSIONS`` suffix is kept
+    whole (``a.weights.h5`` -> ``a.tmp-<pid>.weights.h5``)."""
     path = path.rstrip("/") or path
     if not keep_extension:
         return f"{path}{TEMP_TAG}{os.getpid()}"
-    stem, ext = os.path.splitext(path)
+    whole = [e for e in WHOLE_EXTENSIONS if path.endswith(e) and len(path) > len(e)]
+    stem, ext = (path[:-len(whole[0])], whole[0]) if whole else os.path.splitext(path)
     return f"{stem}{TEMP_TAG}{os.getpid()}{ext}"
 
 

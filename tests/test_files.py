@@ -22,6 +22,25 @@ def test_temp_names_are_siblings_that_keep_or_drop_the_extension(tmp_path):
         str(tmp_path / f"folder.tmp-{os.getpid()}")
 
 
+def test_keras_weights_are_written_whole_under_a_name_keras_accepts(tmp_path):
+    """A `.weights.h5` temporary keeps its compound suffix (Keras refuses any other), so
+    weights go through atomic_path like every file; a failed save leaves no temporary."""
+    import keras
+    path = str(tmp_path / "run.weights.h5")
+    assert temp_path(path) == str(tmp_path / f"run.tmp-{os.getpid()}.weights.h5")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with atomic_path(path) as tmp:
+        model.save_weights(tmp)
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            model.save_weights(tmp)
+            raise RuntimeError("killed after the save, before the rename")
+    assert sorted(os.listdir(tmp_path)) == ["run.weights.h5"]
+    copy = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    copy.load_weights(path)
+    np.testing.assert_array_equal(copy.layers[0].kernel.numpy(), model.layers[0].kernel.numpy())
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     path = str(tmp_path / "info.json")
     atomic_write_json(path, {"a": 1})
