@@ -203,8 +203,8 @@ class OneEuroFilter:
     one when too few are confident), so ``beta`` means the same for a small and a large
     subject (the output of a subject scaled and moved is the output scaled and moved); until
     a size is known the cutoff is ``min_cutoff``. When the set of confident points changes
-    the centre is taken afresh, from the filtered positions of the new set, so no point
-    jumps because another one came or went."""
+    the centre is taken afresh (the filtered positions of the points that stay, the samples
+    of those that join), so no point moves because another one came or went."""
 
     def __init__(self, settings: OneEuroSettings = OneEuroSettings(), conf_threshold: float = 0.1):
         self.settings, self.conf_threshold = settings, conf_threshold
@@ -247,8 +247,10 @@ class OneEuroFilter:
             return 0.0
         centre = points[ok].mean(axis=0)
         if self._centre is None or not np.array_equal(ok, self._members):
-            # Taken afresh: the new set's filtered positions (its samples where it has none).
-            self._centre = np.where(started[:, None], self._x, points)[ok].mean(axis=0)
+            # Taken afresh: the filtered positions of the points that stay in the set, the
+            # samples of those that join it (so their jump is not a move of the subject).
+            stayed = started & (self._members if self._members is not None else False)
+            self._centre = np.where(stayed[:, None], self._x, points)[ok].mean(axis=0)
             if self._dcentre is None:
                 self._dcentre, self._tcentre = np.zeros(2), t
             self._members = ok

@@ -128,9 +128,9 @@ def test_a_walking_subject_lags_less_and_a_still_one_is_as_steady():
 
 
 def test_a_point_leaving_and_coming_back_moves_no_other():
-    """The centre is taken afresh from the filtered points when the confident set changes,
-    so a still figure stays exactly still while one of its points goes under the threshold
-    and comes back."""
+    """The centre is taken afresh when the confident set changes, so a still figure stays
+    exactly still while one of its points goes under the threshold (wherever its guess
+    goes) and comes back, even somewhere else (an arm that moved while hidden)."""
     figure = _figure()
     f = OneEuroFilter()
     conf = np.ones(17)
@@ -141,6 +141,16 @@ def test_a_point_leaving_and_coming_back_moves_no_other():
     assert np.array_equal(out, figure)
     conf[4] = 1.0
     assert np.array_equal(f(6 / 25, figure, conf), figure)
+    moved = figure.copy()
+    moved[7] += [40.0, -30.0]
+    conf[7] = 0.0
+    f(7 / 25, figure, conf)
+    conf[7] = 1.0
+    for i in (8, 9):
+        out = f(i / 25, moved, conf)
+        others = np.arange(17) != 7
+        assert np.array_equal(out[others], figure[others])
+        assert 0 < np.linalg.norm(out[7] - figure[7]) <= 50.0
 
 
 def test_smoothing_takes_out_noise_and_follows_motion():
