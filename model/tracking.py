@@ -12,15 +12,16 @@ after the subject was lost, is searched: read whole (or from a given box); each 
 is read from the box of the previous frame's keypoints, widened by ``BOX_MARGIN`` (joints
 lie inside the body: a head reaches above its eyes), which the predictor then pads and widens
 as in training. The box holds every keypoint of at least ``BOX_POINT_SHARE`` x the tracking
-threshold: a joint near the edge of a tight crop loses confidence first, and a box of only the
-surely-seen joints would frame a smaller crop, lose the next joints, and close in on part of
-the subject (a crop of head and shoulders stays confident enough to be kept). When a frame's
-mean confidence falls below the threshold the tracker re-initializes: the same frame is
-searched again. A subject small in the frame is not
-found in the whole frame (it is a few pixels of the model's input), so when the whole frame
-is not confident a search also reads a few ``search_tiles`` (squares of half the frame's
-shorter side, overlapping by half), the next ones in turn on each searched frame, and keeps
-the most confident read: the subject is found within a few frames wherever it is.
+threshold (after a lost frame, whose half-confident points are guesses, the threshold): a
+joint near the edge of a tight crop loses confidence first, and a box of only the surely-seen
+joints would frame a smaller crop, lose the next joints, and close in on part of the subject
+(a crop of head and shoulders stays confident enough to be kept). When a frame's mean
+confidence falls below the threshold the tracker re-initializes: the same frame is searched
+again. A subject small in the frame is not found in the whole frame (it is a few pixels of
+the model's input), so when the whole frame is not confident a search also reads a few
+``search_tiles`` (squares of half the frame's shorter side, overlapping by half), the next
+ones in turn on each searched frame, and keeps the most confident read: the subject is
+found within a few frames wherever it is.
 
 ``OneEuroFilter`` (Casiez, Roussel and Vogel, CHI 2012) in frame pixels, moving with the
 subject: the centre of its confident keypoints is filtered apart from each keypoint's motion
@@ -150,8 +151,10 @@ class Tracker:
 
     def _done(self, keypoints, confidence, box, status, reinitialized) -> TrackStep:
         # Even a lost frame's few confident points are tried as the next box: that is how a
-        # search locks on to a subject it saw at the wrong scale.
-        self._box = keypoint_box(keypoints, confidence, BOX_POINT_SHARE * self.threshold, self.margin)
+        # search locks on to a subject it saw at the wrong scale. Only a found subject's box
+        # takes its half-confident points too (a lost frame's are guesses).
+        share = 1.0 if status == "lost" else BOX_POINT_SHARE
+        self._box = keypoint_box(keypoints, confidence, share * self.threshold, self.margin)
         self.counts[status] += 1
         return TrackStep(keypoints, confidence, box, status, reinitialized)
 

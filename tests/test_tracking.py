@@ -343,6 +343,27 @@ def test_a_crop_that_cuts_the_subject_grows_until_it_holds_it():
         assert (s.confidence == 0.9).all()
 
 
+def test_a_lost_frame_frames_the_next_try_with_its_surely_seen_points_only():
+    """A lost read (mean confidence under the 0.5 threshold): two sure points and four
+    guesses of 0.26 spread over the frame; the next frame is read from the box of the two
+    sure points. A found subject's half-confident points (0.4) do frame its next box."""
+    sure = np.array([[100.0, 100.0], [140.0, 180.0]])
+    guesses = np.array([[10.0, 10.0], [600.0, 400.0], [30.0, 420.0], [500.0, 20.0]])
+    points, reads = np.concatenate([sure, guesses]), []
+
+    def predict(frame, box):
+        reads.append(box)
+        guess = 0.4 if frame[0, 0, 0] else 0.26
+        return points, np.array([0.9, 0.9] + [guess] * 4)
+
+    tracker = Tracker(predict, tiles_per_search=0)
+    assert tracker.step(np.zeros((480, 640, 1), np.int64)).status == "lost"
+    assert tracker.step(np.ones((480, 640, 1), np.int64)).status == "tracked"
+    assert reads[1] == keypoint_box(sure, np.ones(2), 0.5)
+    tracker.step(np.ones((480, 640, 1), np.int64))
+    assert reads[2] == keypoint_box(points, np.ones(6), 0.5)
+
+
 def test_smoothing_holds_through_a_lost_frame_and_restarts_on_a_search():
     """A lost frame's guesses never reach the filtered keypoints; a search (the subject found
     afresh, maybe elsewhere) is taken as it is."""
