@@ -37,7 +37,7 @@ def atomic_path(path: str, keep_extension: bool = True) -> Iterator[str]:
     error it is renamed onto ``path`` (a folder already at ``path`` is replaced), otherwise it is
     removed."""
     tmp = temp_path(path, keep_extension)
-    _remove(tmp)
+    remove_path(tmp)
     try:
         yield tmp
         if os.path.isdir(tmp) and os.path.isdir(path):
@@ -48,7 +48,7 @@ def atomic_path(path: str, keep_extension: bool = True) -> Iterator[str]:
         else:
             os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        remove_path(tmp)
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -70,7 +70,8 @@ def atomic_write_json(path: str, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def _remove(path: str) -> None:
+def remove_path(path: str) -> None:
+    """Remove the file, link or folder at ``path``; nothing when there is none."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):

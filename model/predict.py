@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Optional
 import cv2
 import numpy as np
 
-from configs.files import atomic_path, temp_path
+from configs.files import atomic_path, remove_path, temp_path
 from model.predictor import Predictor
 from model.tracking import (
     DEFAULT_TRACK_THRESHOLD,
@@ -165,8 +165,7 @@ class _CsvWriter:
 
     def discard(self) -> None:
         self.file.close()
-        if os.path.exists(self.tmp):
-            os.remove(self.tmp)
+        remove_path(self.tmp)
 
 
 def _video_frames(capture) -> Iterator[tuple[str, np.ndarray]]:

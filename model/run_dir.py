@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import tensorflow as tf
 
 from configs import KeypointSpec, atomic_write_text
+from configs.files import remove_path
 from model.card import metadata_path
 
 if TYPE_CHECKING:
@@ -179,8 +180,7 @@ def purge_after_step(log_dir: str, step: int, epochs_done: int) -> dict:
         m = re.match(r"ep(\d+)-", os.path.basename(path))
         if m and int(m.group(1)) > epochs_done:
             for stale in (path, metadata_path(path)):
-                if os.path.exists(stale):
-                    os.remove(stale)
+                remove_path(stale)
             dropped["best_models"] += 1
     for sub in ("train", "validation"):
         for path in sorted(glob.glob(os.path.join(log_dir, sub, "*tfevents*"))):

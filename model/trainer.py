@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from configs import KeypointSpec
+from configs.files import remove_path
 from model import OUTPUT_STRIDE, HourglassConfig, as_stack_list, build_hourglass
 from model.card import card_for_model, fine_tune_notices, metadata_path, save_keras
 from model.distribute import is_chief, is_multi_worker, writable_dir
@@ -329,8 +330,7 @@ class Trainer:
                           key=_pck_of_file, reverse=True)
             for old in best[self.cfg.keep_best:]:
                 for stale in (old, metadata_path(old)):
-                    if os.path.exists(stale):
-                        os.remove(stale)
+                    remove_path(stale)
         return path
 
     # ---------------------------------------------------------------- summaries

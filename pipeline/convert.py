@@ -64,7 +64,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from configs import KeypointSpec, KeypointSpecError, atomic_write_json, builtin_paths, load_keypoint_spec
-from configs.files import temp_path
+from configs.files import remove_path, temp_path
 from pipeline import schema
 from pipeline.records import (
     INFO_NAME,
@@ -248,9 +248,7 @@ def apply_journal(output: str, journal: dict) -> None:
     fsync_dir(output)
     _stage("renamed")
     for name in journal["remove"]:
-        path = os.path.join(output, name)
-        if os.path.exists(path):
-            os.remove(path)
+        remove_path(os.path.join(output, name))
     _stage("old_removed")
     atomic_write_json(os.path.join(output, INFO_NAME), journal["info"])
     fsync_dir(output)

@@ -12,7 +12,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from configs.files import temp_path
+from configs.files import remove_path, temp_path
 
 VIDEO_EXTENSIONS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 
@@ -60,8 +60,7 @@ class VideoWriter:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        if os.path.exists(self.tmp):
-            os.remove(self.tmp)
+        remove_path(self.tmp)
 
     def __enter__(self) -> "VideoWriter":
         return self
