@@ -94,6 +94,18 @@ def test_plan_fits_the_rest_of_the_budget():
     assert warm.steady_rate() == pytest.approx(2.0)
     assert warm.overhead_s() == pytest.approx(60.0 - 15.0 - 4.0)
     spe = learn_real.plan_steps(budget_s=600.0, spent_s=70.0, warmup=warm, num_epochs=5)
-    # 600 - 70 - 41 overhead - 5 x 4 s evaluations = 469 s at 2 steps/s x 0.95 safety
+    # 600 - 70 - 41 overhead - 5 x 4 s evaluations = 469 s at 2 steps/s x PLAN_SAFETY
     assert spe == int(469 * 2 * learn_real.PLAN_SAFETY) // 5
     assert learn_real.plan_steps(budget_s=60.0, spent_s=70.0, warmup=warm, num_epochs=5) == 1
+
+
+def test_plan_counts_the_first_evaluation_once_and_later_ones_per_epoch():
+    """The first evaluation builds and traces; the plan does not charge every epoch for it."""
+    warm = learn_real.RunTiming(total_s=70.0, loops=[(10, 30.0), (10, 5.0), (10, 5.0)],
+                                evals=[12.0, 2.0])
+    assert (warm.first_eval_s(), warm.later_eval_s()) == (12.0, 2.0)
+    assert warm.overhead_s() == pytest.approx(70.0 - 15.0 - 14.0)
+    spe = learn_real.plan_steps(budget_s=600.0, spent_s=70.0, warmup=warm, num_epochs=10)
+    # 600 - 70 - 41 overhead - 12 s - 9 x 2 s = 459 s at 2 steps/s x PLAN_SAFETY
+    assert spe == int(459 * 2 * learn_real.PLAN_SAFETY) // 10
+    assert learn_real.RunTiming(total_s=1.0, loops=[(1, 1.0)]).later_eval_s() == 0.0
