@@ -68,7 +68,7 @@ FIRST_HELD_OUT = 90                 # img0090 ... img0115 are held out
 MATCH_POINTS = "leftear,rightear,h\n"
 DEFAULT_INPUT = {"box": (128, 128), "frame": (192, 256)}
 WITHIN_PX = (5.0, 10.0)             # extra accuracy figures: fraction of points within these
-PLAN_SAFETY = 0.95                  # fraction of the measured rate the plan counts on (the
+PLAN_SAFETY = 0.93                  # fraction of the measured rate the plan counts on (the
                                     # machine is shared: its load changes during a run)
 
 
@@ -479,7 +479,8 @@ def add_recipe_arguments(p: argparse.ArgumentParser, d, epochs: int) -> None:
                    help="loss weight 1 + F x target per heatmap pixel (model.loss)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--epochs", type=int, default=epochs, help="epochs of the main run (val PCK after each)")
-    p.add_argument("--warmup_steps", type=int, default=60, help="steps of the throughput warm-up")
+    p.add_argument("--warmup_steps", type=int, default=240,
+                   help="steps of the throughput warm-up (four loops; the last three are timed)")
 
 
 def with_recipe_args(d, args):
