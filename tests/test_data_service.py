@@ -1,10 +1,12 @@
 """Training input on the tf.data service (pipeline/data_service.py), on loopback: a dispatcher
 and two workers as processes of their own feed every record of an epoch exactly once and a
-MirroredStrategy training (two logical CPUs) to its end, through a worker killed and restarted."""
+MirroredStrategy training (two logical CPUs, rotated crops by ImageProjectiveTransformV3; the
+suite's only MirroredStrategy run.py) to its end, through a worker killed and restarted."""
 from __future__ import annotations
 
 import collections
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -91,7 +93,7 @@ def test_loopback_service_feeds_every_record_once_and_survives_a_worker_restart(
             train = subprocess.Popen(
                 [sys.executable, "-c", MIRRORED_RUN_PY, "train", "--tfrecords", records, "--log_dir", log_dir,
                  "--total_epoch", "2", "--steps_per_epoch", "40", "--steps_per_loop", "1",
-                 "--checkpoint_steps", "4", "--data_service", url] + TINY,
+                 "--checkpoint_steps", "4", "--data_service", url, "--rotated_sampler", "projective"] + TINY,
                 cwd=REPO, env=_env(), stdout=train_log, stderr=subprocess.STDOUT, text=True)
             procs["train"] = train
             _wait_for(lambda: glob.glob(os.path.join(log_dir, "checkpoints", "ckpt-*.index"))
@@ -107,6 +109,9 @@ def test_loopback_service_feeds_every_record_once_and_survives_a_worker_restart(
         assert os.path.isfile(os.path.join(log_dir, "final.keras"))
         assert open(os.path.join(log_dir, "val.txt")).read().count("Epoch") == 2
         assert "serving" in open(tmp_path / "w1b.log").read()
+        config = json.load(open(os.path.join(log_dir, "run_config.json")))
+        assert config["parser"]["rotated_sampler"] == "projective"
+        assert config["data_service"] == url
     finally:
         for proc in procs.values():
             if proc.poll() is None:

@@ -131,8 +131,9 @@ def test_every_variant_is_listed_with_its_card_inside_and_beside(exported, train
     out, manifest = exported
     names = sorted(v["name"] for v in manifest["variants"])
     assert names == sorted(["saved_model", "final_float32.tflite", "final_float16.tflite",
-                            "final_dynamic.tflite", "final_int8.tflite",
-                            "final_float32_decoder.tflite", "final_int8_decoder.tflite"])
+                            "final_dynamic.tflite", "final_int8.tflite", "final_int16x8.tflite",
+                            "final_mixed.tflite", "final_float32_decoder.tflite",
+                            "final_int8_decoder.tflite"])
     spec, input_size = trained[2], trained[3]
     for v in manifest["variants"]:
         path = os.path.join(out, v["path"])
@@ -146,7 +147,8 @@ def test_every_variant_is_listed_with_its_card_inside_and_beside(exported, train
         assert meta["flip_pairs"] == spec.to_dict()["flip_pairs"]
         assert meta["input_size"] == list(input_size) and meta["output_stride"] == 4
         assert meta["crop_mode"] == "box" and meta["quantization"] == v["quantization"]
-        assert meta["inputs"][0]["dtype"] == "uint8"
+        # raw pixels: uint8, or int16 for int16x8 (scale 1, zero point 0 either way)
+        assert meta["inputs"][0]["dtype"] == ("int16" if v["quantization"] == "int16x8" else "uint8")
         assert all({"scale", "zero_point", "dtype"} <= set(t) for t in meta["inputs"] + meta["outputs"])
 
 
@@ -221,15 +223,9 @@ def test_decoder_models_match_the_float_decoder(exported, trained, val_crops, re
 
 
 @pytest.fixture(scope="module")
-def report(exported, trained, tmp_path_factory):
-    from export.verify import main
-
-    out, _ = exported
-    path = str(tmp_path_factory.mktemp("verify") / "report.json")
-    assert main(["--models", out, "--tfrecords", trained[1], "--split", "val", "--json", path,
-                 "--latency_runs", "5"]) == 0
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def report(quickstart_verify):
+    """``python -m export.verify`` of the export folder on the val records (once per session)."""
+    return quickstart_verify
 
 
 def test_verify_reports_every_model(report, exported):

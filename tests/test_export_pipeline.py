@@ -190,15 +190,23 @@ def test_calibration_frames_hold_the_calibration_crops():
 
 
 @pytest.fixture(scope="module")
-def pipelines(quickstart_run, tmp_path_factory):
-    """(folder, manifest) of the quickstart model exported by the CLI as float32 and int8 crop
-    models, then into the same folder as float32 and int8 pipelines for 640x640 frames (100
-    calibration crops each, so both int8 networks are calibrated alike)."""
+def pipelines(quickstart_exports, quickstart_run, tmp_path_factory):
+    """(folder, manifest): the session's float32 and int8 crop models of the quickstart model
+    (``quickstart_exports``, 100 calibration crops) copied with their manifest, then exported by
+    the CLI into the same folder as float32 and int8 pipelines for 640x640 frames (100
+    calibration crops too, so both int8 networks are calibrated alike). The manifest keeps only
+    the copied crop models (a listed file that is absent is dropped)."""
+    exports, _ = quickstart_exports
     out = str(tmp_path_factory.mktemp("pipelines"))
-    common = ["--model_path", quickstart_run.final_model, "--output_dir", out, "--quantize", "none",
-              "int8", "--representative", quickstart_run.records, "--num_calibration", "100"]
-    assert _export(common) == 0
-    assert _export(common + ["--full_pipeline", "--frame_size", f"{FRAME[0]}x{FRAME[1]}"]) == 0
+    for name in ("final_float32.tflite", "final_int8.tflite", "export_manifest.json"):
+        names = [name] + ([name[:-len(".tflite")] + ".json"] if name.endswith(".tflite") else [])
+        for copied in names:
+            if os.path.exists(os.path.join(exports, copied)):
+                shutil.copy2(os.path.join(exports, copied), os.path.join(out, copied))
+    assert _export(["--model_path", quickstart_run.final_model, "--output_dir", out, "--quantize",
+                    "none", "int8", "--representative", quickstart_run.records,
+                    "--num_calibration", "100", "--full_pipeline",
+                    "--frame_size", f"{FRAME[0]}x{FRAME[1]}"]) == 0
     with open(os.path.join(out, "export_manifest.json"), encoding="utf-8") as f:
         return out, json.load(f)
 

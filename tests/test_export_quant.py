@@ -4,14 +4,14 @@ activations and is closer to float than int8, mixed keeps the layers it lists in
 stops within 0.5 PCK points of float, and ``export.verify`` reports per file integer-only and
 GPU-delegate compatibility and fails a file whose card claims what the file is not.
 
-The quickstart model (trained once per session, ``tests.trained_model``) and its export
-folder (``quickstart_exports``), copied, with int16x8 and mixed added by the CLI.
+The quickstart model (trained once per session, ``tests.trained_model``), its export folder
+(``quickstart_exports``, int16x8 and mixed included) and that folder's verify report
+(``quickstart_verify``).
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -20,18 +20,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def folder(quickstart_run, quickstart_exports, tmp_path_factory):
-    """(folder, manifest): a copy of the session's export folder plus int16x8 and mixed
-    (100 calibration crops, PCK selection on the next 200 train crops)."""
-    from export.__main__ import main
-
-    out = str(tmp_path_factory.mktemp("quant") / "exported")
-    shutil.copytree(quickstart_exports[0], out)
-    assert main(["--model_path", quickstart_run.final_model, "--output_dir", out, "--format", "tflite",
-                 "--quantize", "int16x8", "mixed", "--representative", quickstart_run.records,
-                 "--num_calibration", "100", "--num_selection", "200"]) == 0
-    with open(os.path.join(out, "export_manifest.json"), encoding="utf-8") as f:
-        return out, json.load(f)
+def folder(quickstart_exports):
+    """(folder, manifest): the session's export folder, int16x8 and mixed included (100
+    calibration crops, PCK selection on the next 200 train crops). Read only."""
+    return quickstart_exports
 
 
 def _path(folder, quantization, decoder=False):
@@ -221,14 +213,9 @@ def test_layers_kept_in_float_run_in_float(quickstart_run):
 
 
 @pytest.fixture(scope="module")
-def report(folder, quickstart_run, tmp_path_factory):
-    from export.verify import main
-
-    path = str(tmp_path_factory.mktemp("verify_quant") / "report.json")
-    assert main(["--models", folder[0], "--tfrecords", quickstart_run.records, "--json", path,
-                 "--latency_runs", "2", "--rounds", "1"]) == 0
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def report(quickstart_verify):
+    """``python -m export.verify`` of the session's export folder (once per session)."""
+    return quickstart_verify
 
 
 def test_verify_reports_integer_only_and_gpu_compatibility_per_file(report):

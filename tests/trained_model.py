@@ -175,9 +175,10 @@ def quickstart_run(quickstart_records, tmp_path_factory) -> QuickstartRun:
 @pytest.fixture(scope="session")
 def quickstart_exports(quickstart_run, tmp_path_factory):
     """(folder, manifest) of every export variant of the quickstart model, written once per
-    test run by ``python -m export`` in-process: TFLite float32, float16, dynamic, int8 (100
-    calibration crops), then SavedModel plus float32 and int8 TFLite ending in the decoder (a
-    second run into the same folder adds to its manifest)."""
+    test run by ``python -m export`` in-process: TFLite float32, float16, dynamic, int8, int16x8
+    and mixed (100 calibration crops, mixed's PCK selection on the next 200 train crops), then
+    SavedModel plus float32 and int8 TFLite ending in the decoder (a second run into the same
+    folder adds to its manifest). Tests copy what they change."""
     def build(out):
         import json
 
@@ -185,7 +186,8 @@ def quickstart_exports(quickstart_run, tmp_path_factory):
 
         common = ["--model_path", quickstart_run.final_model, "--output_dir", out,
                   "--representative", quickstart_run.records, "--num_calibration", "100"]
-        assert main(common + ["--format", "tflite", "--quantize", "none", "float16", "dynamic", "int8"]) == 0
+        assert main(common + ["--format", "tflite", "--quantize", "none", "float16", "dynamic", "int8",
+                              "int16x8", "mixed", "--num_selection", "200"]) == 0
         assert main(common + ["--format", "saved_model", "tflite", "--quantize", "none", "int8",
                               "--with_decoder"]) == 0
         with open(os.path.join(out, "export_manifest.json"), encoding="utf-8") as f:
@@ -195,7 +197,26 @@ def quickstart_exports(quickstart_run, tmp_path_factory):
     return result["out"], result["manifest"]
 
 
-QUICKSTART_FIXTURES = frozenset({"quickstart_records", "quickstart_run", "quickstart_exports"})
+@pytest.fixture(scope="session")
+def quickstart_verify(quickstart_run, quickstart_exports, tmp_path_factory) -> dict:
+    """``python -m export.verify`` of the whole export folder on the quickstart val records
+    (the report as json), run once per test run."""
+    def build(out):
+        import json
+
+        from export.verify import main
+
+        path = os.path.join(out, "report.json")
+        assert main(["--models", quickstart_exports[0], "--tfrecords", quickstart_run.records,
+                     "--split", "val", "--json", path, "--latency_runs", "2", "--rounds", "1"]) == 0
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    return _once(tmp_path_factory, "quickstart_verify", build)
+
+
+QUICKSTART_FIXTURES = frozenset({"quickstart_records", "quickstart_run", "quickstart_exports",
+                                 "quickstart_verify"})
 
 
 def pytest_collection_modifyitems(config, items):
