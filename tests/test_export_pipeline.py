@@ -198,11 +198,9 @@ def pipelines(quickstart_exports, quickstart_run, tmp_path_factory):
     the copied crop models (a listed file that is absent is dropped)."""
     exports, _ = quickstart_exports
     out = str(tmp_path_factory.mktemp("pipelines"))
-    for name in ("final_float32.tflite", "final_int8.tflite", "export_manifest.json"):
-        names = [name] + ([name[:-len(".tflite")] + ".json"] if name.endswith(".tflite") else [])
-        for copied in names:
-            if os.path.exists(os.path.join(exports, copied)):
-                shutil.copy2(os.path.join(exports, copied), os.path.join(out, copied))
+    for name in ("final_float32.tflite", "final_float32.json", "final_int8.tflite",
+                 "final_int8.json", "export_manifest.json"):
+        shutil.copy2(os.path.join(exports, name), os.path.join(out, name))
     assert _export(["--model_path", quickstart_run.final_model, "--output_dir", out, "--quantize",
                     "none", "int8", "--representative", quickstart_run.records,
                     "--num_calibration", "100", "--full_pipeline",
