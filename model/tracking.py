@@ -12,16 +12,21 @@ after the subject was lost, is searched: read whole (or from a given box); each 
 is read from the box of the previous frame's keypoints, widened by ``BOX_MARGIN`` (joints
 lie inside the body: a head reaches above its eyes), which the predictor then pads and widens
 as in training. The box holds every keypoint of at least ``BOX_POINT_SHARE`` x the tracking
-threshold (after a lost frame, whose half-confident points are guesses, the threshold): a
-joint near the edge of a tight crop loses confidence first, and a box of only the surely-seen
-joints would frame a smaller crop, lose the next joints, and close in on part of the subject
-(a crop of head and shoulders stays confident enough to be kept). When a frame's mean
-confidence falls below the threshold the tracker re-initializes: the same frame is searched
-again. A subject small in the frame is not found in the whole frame (it is a few pixels of
-the model's input), so when the whole frame is not confident a search also reads a few
-``search_tiles`` (squares of half the frame's shorter side, overlapping by half), the next
-ones in turn on each searched frame, and keeps the most confident read: the subject is
-found within a few frames wherever it is.
+threshold: a joint near the edge of a tight crop loses confidence first, and a box of only
+the surely-seen joints would frame a smaller crop, lose the next joints, and close in on part
+of the subject (a crop of head and shoulders stays confident enough to be kept). When a
+frame's mean confidence falls below the threshold the tracker re-initializes: the same frame
+is searched again. A subject small in the frame is not found in the whole frame (it is a few
+pixels of the model's input), so when the whole frame is not confident a search also reads a
+few ``search_tiles`` (squares of half the frame's shorter side, overlapping by half), the
+next ones in turn on each searched frame. A read of a window that frames the subject badly
+(a tile holding its upper half, the whole frame where it is small) can be as confident as a
+good one, and a tracker that keeps it follows the wrong crop; so a search *confirms* its
+``CONFIRM_READS`` most confident reads, each read again from the box of its own keypoints
+(the box the next frame would be read from), and keeps the most confident read of all: a
+subject seen at the wrong scale is locked on to within the frame, and a badly framed read
+loses to a well framed one. A lost frame leaves no box (its half-confident points are
+guesses): the next frame is searched.
 
 ``OneEuroFilter`` (Casiez, Roussel and Vogel, CHI 2012) in frame pixels, moving with the
 subject: the centre of its confident keypoints is filtered apart from each keypoint's motion
@@ -44,6 +49,7 @@ DEFAULT_TRACK_THRESHOLD = 0.5   # mean confidence under which the subject counts
 TILES_PER_SEARCH = 4            # search tiles read per searched frame (after the whole frame)
 BOX_MARGIN = 0.06               # keypoints' box widened by this x its longer side, each side
 BOX_POINT_SHARE = 0.5           # a keypoint frames the next box from this x the threshold
+CONFIRM_READS = 2               # a search's most confident reads read again from their own box
 DEFAULT_MIN_CUTOFF = 1.0        # Hz: cutoff of a still keypoint
 DEFAULT_BETA = 4.0              # cutoff rise per subject size per second of keypoint speed
 D_CUTOFF = 1.0                  # Hz: cutoff of the speed estimate (the paper's default)
@@ -106,10 +112,11 @@ class Tracker:
     ``step(frame)`` promises: one predictor call when the previous frame gave a box and this
     frame stays confident; otherwise a search (after the failed box: a re-initialization),
     which reads `init_box` (None: the whole frame) and, only when that is not confident and
-    no `init_box` was given, `tiles_per_search` more ``search_tiles`` in turn, and keeps the
+    no `init_box` was given, `tiles_per_search` more ``search_tiles`` in turn, then reads the
+    box of the keypoints of each of its ``CONFIRM_READS`` most confident reads, and keeps the
     read of highest mean confidence (the failed box's when nothing beats it: a subject
-    behind an occluder keeps its box). ``counts`` holds the frames of each status and the
-    re-initializations."""
+    behind an occluder keeps its keypoints). A lost frame leaves no box: the next frame is a
+    search. ``counts`` holds the frames of each status and the re-initializations."""
 
     def __init__(self, predict: FramePredictor, threshold: float = DEFAULT_TRACK_THRESHOLD,
                  init_box: Optional[Box] = None, margin: float = BOX_MARGIN,
@@ -139,22 +146,28 @@ class Tracker:
             for _ in range(min(self.tiles_per_search, len(tiles))):
                 reads.append(self._read(frame, tiles[self._next_tile]))
                 self._next_tile = (self._next_tile + 1) % len(tiles)
+        reads += self._confirm(frame, reads)
         best = max(reads, key=_mean)     # the first of equals: the whole frame before tiles
         if tracked is not None and _mean(tracked) >= _mean(best):
             best = tracked               # nothing better found: stay with the subject's box
         status = "search" if _mean(best) >= self.threshold else "lost"
         return self._done(*best, status, tracked is not None)
 
+    def _confirm(self, frame, reads) -> list:
+        """The reads of the boxes of the ``CONFIRM_READS`` most confident `reads`' keypoints."""
+        ranked = sorted(reads, key=_mean, reverse=True)[:CONFIRM_READS]   # stable: equals in order
+        boxes = [self._box_of(keypoints, confidence) for keypoints, confidence, _ in ranked]
+        return [self._read(frame, box) for box in boxes if box is not None]
+
+    def _box_of(self, keypoints, confidence) -> Optional[Box]:
+        return keypoint_box(keypoints, confidence, BOX_POINT_SHARE * self.threshold, self.margin)
+
     def _read(self, frame, box) -> tuple[np.ndarray, np.ndarray, Optional[Box]]:
         keypoints, confidence = self.predict(frame, box)
         return np.asarray(keypoints, np.float64), np.asarray(confidence, np.float64), box
 
     def _done(self, keypoints, confidence, box, status, reinitialized) -> TrackStep:
-        # Even a lost frame's few confident points are tried as the next box: that is how a
-        # search locks on to a subject it saw at the wrong scale. Only a found subject's box
-        # takes its half-confident points too (a lost frame's are guesses).
-        share = 1.0 if status == "lost" else BOX_POINT_SHARE
-        self._box = keypoint_box(keypoints, confidence, share * self.threshold, self.margin)
+        self._box = None if status == "lost" else self._box_of(keypoints, confidence)
         self.counts[status] += 1
         return TrackStep(keypoints, confidence, box, status, reinitialized)
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from model.tracking import (
     BOX_MARGIN,
+    BOX_POINT_SHARE,
     OneEuroFilter,
     OneEuroSettings,
     Tracker,
@@ -296,14 +297,16 @@ def test_tracker_reinitializes_after_the_subject_leaves_the_frame():
 
 
 def test_a_given_box_is_where_the_tracker_searches():
-    """With an initial box the search reads that box only (no whole frame, no tiles)."""
+    """With an initial box the search reads that box (no whole frame, no tiles), then
+    confirms the read from the box of its keypoints."""
     centers = np.stack([np.full(6, 320.0), np.full(6, 240.0)], -1)
     scene = _Scene(centers)
     box = (270.0, 190.0, 100.0, 100.0)
     tracker = Tracker(scene.predict, init_box=box)
     steps = [tracker.step(f) for f in scene.frames()]
-    assert scene.calls[0] == (0, box) and [s.status for s in steps] == ["search"] + ["tracked"] * 5
-    assert len(scene.calls) == 6
+    assert scene.calls[:2] == [(0, box), (0, keypoint_box(scene.truth(0), np.ones(8), 0.5))]
+    assert [s.status for s in steps] == ["search"] + ["tracked"] * 5
+    assert len(scene.calls) == 7
 
 
 class _EdgeScene:
@@ -343,10 +346,70 @@ def test_a_crop_that_cuts_the_subject_grows_until_it_holds_it():
         assert (s.confidence == 0.9).all()
 
 
-def test_a_lost_frame_frames_the_next_try_with_its_surely_seen_points_only():
-    """A lost read (mean confidence under the 0.5 threshold): two sure points and four
-    guesses of 0.26 spread over the frame; the next frame is read from the box of the two
-    sure points. A found subject's half-confident points (0.4) do frame its next box."""
+class _FramingScene:
+    """A subject of K points in a column (`size` px tall) in a 240x320 frame, seen by a read
+    window (the box padded by 1.25 as a square; the whole frame) that holds all of it exactly,
+    with confidence 0.9 when it fills at least 35% of the window, 0.45 when it is smaller
+    (seen at the wrong scale: under the 0.5 threshold); a window that holds only its top
+    points (half of them or more) sees those exactly (0.9) and puts the others inside its
+    lower edge (0.3): a wrong read with a mean over 0.5, what a search tile holding head and
+    shoulders gives a model. Any other window reads guesses (0.2)."""
+
+    K = 8
+
+    def __init__(self, size=100.0, center=(270.0, 130.0)):
+        self.points = np.stack([np.full(self.K, center[0]),
+                                center[1] + size * (np.linspace(0, 1, self.K) - 0.5)], -1)
+        self.size, self.calls = size, []
+
+    def predict(self, frame, box):
+        self.calls.append(box)
+        h, w = frame.shape[:2]
+        if box is None:
+            lo, side = np.zeros(2), float(max(h, w))
+        else:
+            side = 1.25 * max(box[2], box[3])
+            lo = np.array([box[0] + box[2] / 2, box[1] + box[3] / 2]) - side / 2
+        hi = lo + side
+        inside = ((self.points >= lo) & (self.points <= hi)).all(-1)
+        seen = int(inside.sum())
+        if seen == self.K:
+            return self.points.copy(), np.full(self.K, 0.9 if self.size >= 0.35 * side else 0.45)
+        if seen >= self.K // 2 and inside[:seen].all() and self.size >= 0.35 * side:
+            edge = np.array([self.points[0, 0], hi[1] - 1.0])
+            return np.where(inside[:, None], self.points, edge), np.where(inside, 0.9, 0.3)
+        return lo + (hi - lo) * np.linspace(0.1, 0.9, self.K)[:, None], np.full(self.K, 0.2)
+
+
+def test_a_search_keeps_the_read_its_confirmation_frames_best():
+    """The subject is too small in the whole frame (0.45) and its top half fills a search
+    tile (a wrong read of 0.6, the most confident): read again from the box of its own
+    keypoints, the tile's read grows but still cuts the subject (0.675), while the whole
+    frame's read, from the box of its keypoints, holds the whole subject at a usable scale
+    (0.9): that read is kept, and the next frame is tracked from its box. Without the
+    confirmations the tracker would keep the tile's wrong read."""
+    scene = _FramingScene()
+    frame = np.zeros((240, 320, 3), np.uint8)
+    tiles = search_tiles(frame.shape)
+    whole, top = scene.predict(frame, None), scene.predict(frame, tiles[3])
+    assert whole[1].mean() < 0.5 < top[1].mean() and not np.allclose(top[0], scene.points)
+    assert all(scene.predict(frame, t)[1].mean() == 0.2 for t in tiles[:3])
+    scene.calls.clear()
+    tracker = Tracker(scene.predict)
+    first = tracker.step(frame)
+    share = BOX_POINT_SHARE * 0.5
+    assert scene.calls == [None] + tiles[:4] + [keypoint_box(*top, share), keypoint_box(*whole, share)]
+    grown = scene.predict(frame, scene.calls[5])
+    assert top[1].mean() < grown[1].mean() < 0.9
+    assert first.status == "search" and np.array_equal(first.keypoints, scene.points)
+    assert first.box == keypoint_box(*whole, share)
+    second = tracker.step(frame)
+    assert second.status == "tracked" and scene.calls[-1] == keypoint_box(scene.points, np.ones(8), 0.5)
+
+
+def test_a_lost_frame_leaves_no_box():
+    """A lost read (two sure points, four guesses, mean under the threshold): the next frame
+    is searched (the whole frame first), not read from the box of the lost frame's points."""
     sure = np.array([[100.0, 100.0], [140.0, 180.0]])
     guesses = np.array([[10.0, 10.0], [600.0, 400.0], [30.0, 420.0], [500.0, 20.0]])
     points, reads = np.concatenate([sure, guesses]), []
@@ -358,10 +421,11 @@ def test_a_lost_frame_frames_the_next_try_with_its_surely_seen_points_only():
 
     tracker = Tracker(predict, tiles_per_search=0)
     assert tracker.step(np.zeros((480, 640, 1), np.int64)).status == "lost"
+    assert reads == [None, keypoint_box(points, np.ones(6), 0.5)]
+    assert tracker.step(np.ones((480, 640, 1), np.int64)).status == "search"
+    assert reads[2] is None
     assert tracker.step(np.ones((480, 640, 1), np.int64)).status == "tracked"
-    assert reads[1] == keypoint_box(sure, np.ones(2), 0.5)
-    tracker.step(np.ones((480, 640, 1), np.int64))
-    assert reads[2] == keypoint_box(points, np.ones(6), 0.5)
+    assert reads[-1] == keypoint_box(points, np.ones(6), 0.5)
 
 
 def test_smoothing_holds_through_a_lost_frame_and_restarts_on_a_search():
