@@ -176,9 +176,7 @@ def report_lines(recipe, baseline: dict, plain: dict, flipped: dict, int8: dict,
                      f"{m['mean_error_px']:.1f}")
     lines.append("  per joint PCK@0.2 (model + flip test): " + ", ".join(
         f"{n} {_fmt(flipped['pck_torso@0.2_per_keypoint'].get(n))}" for n in names))
-    lines.append(f"  training: {trained['steps']} steps ({trained['warmup_steps']} warm-up) in "
-                 f"{trained['train_seconds']:.0f} s, {trained['steps_per_second']:.2f} steps/s "
-                 f"({trained['steps_per_second'] * recipe.batch_size:.1f} images/s)")
+    lines.append(learn_real.training_line(trained, recipe.batch_size))
     lines.append(f"  files: {sizes['keras']} ({sizes['keras_mb']:.2f} MB), {sizes['int8']} "
                  f"({sizes['int8_mb']:.2f} MB)")
     lines += [

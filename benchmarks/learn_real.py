@@ -68,6 +68,7 @@ FIRST_HELD_OUT = 90                 # img0090 ... img0115 are held out
 MATCH_POINTS = "leftear,rightear,h\n"
 DEFAULT_INPUT = {"box": (128, 128), "frame": (192, 256)}
 WITHIN_PX = (5.0, 10.0)             # extra accuracy figures: fraction of points within these
+END_S = 5.0                         # the main run's last checkpoint and final model (s)
 PLAN_SAFETY = 0.93                  # fraction of the measured rate the plan counts on (the
                                     # machine is shared: its load changes during a run)
 
@@ -244,17 +245,19 @@ class RunTiming:
         return max(0.0, self.total_s - steady - sum(self.evals))
 
 
-def run_trainer(cfg, spec, weights_out: Optional[str] = None) -> tuple[dict, RunTiming]:
-    """Build a Trainer, train, and time its parts (from the trainer's own loop and evaluation
-    timings). `weights_out` (``*.weights.h5``): also save the trained weights there, which the
-    next run loads without building a model."""
+def run_trainer(cfg, spec, weights_out: Optional[str] = None,
+                deadline: Optional[float] = None) -> tuple[dict, RunTiming]:
+    """Build a Trainer, train (ending at `deadline`, a ``time.time()``, if it comes first),
+    and time its parts (from the trainer's own loop and evaluation timings). `weights_out`
+    (``*.weights.h5``): also save the trained weights there, which the next run loads
+    without building a model."""
     import tensorflow as tf
 
     from model.trainer import Trainer, write_run_config
     started = time.time()
     trainer = Trainer(cfg, tf.distribute.get_strategy(), spec)
     write_run_config(cfg.log_dir, cfg, spec)
-    summary = trainer.train()
+    summary = trainer.train(deadline)
     if weights_out:
         from configs.files import atomic_path
         with atomic_path(weights_out) as tmp:
@@ -278,7 +281,9 @@ def plan_steps(budget_s: float, spent_s: float, warmup: RunTiming, num_epochs: i
 def train_within_budget(recipe, records: str, spec, out_dir: str, *, budget_s: float,
                         warmup_steps: int, num_epochs: int) -> dict:
     """Warm-up run (two epochs, so that the first evaluation and a later one are both
-    timed), then the main run from its weights sized to end within `budget_s`."""
+    timed), then the main run from its weights sized to end within `budget_s`; a main run
+    slower than planned is ended at a deadline that leaves it one loop call, one evaluation
+    and ``END_S`` within the budget."""
     started = time.time()
     loop = max(1, warmup_steps // 4)
     warm_cfg = train_config(recipe, records, os.path.join(out_dir, "warmup"),
@@ -295,10 +300,13 @@ def train_within_budget(recipe, records: str, spec, out_dir: str, *, budget_s: f
                             num_keypoints=spec.num_keypoints, steps_per_epoch=spe,
                             total_epoch=num_epochs, decay="cosine", weights_path=warm_weights,
                             steps_per_loop=min(50, spe))
-    summary, timing = run_trainer(main_cfg, spec)
+    loop_s = main_cfg.steps_per_loop / warm.steady_rate()
+    deadline = started + budget_s - loop_s - warm.later_eval_s() - END_S
+    summary, timing = run_trainer(main_cfg, spec, deadline=deadline)
     total_steps = warm_summary["steps"] + summary["steps"]
     return {**summary, "train_seconds": time.time() - started, "steps": total_steps,
             "main_steps": summary["steps"], "warmup_steps": warm_summary["steps"],
+            "planned_steps": warm_summary["steps"] + num_epochs * spe,
             "steps_per_second": timing.steady_rate(), "warmup_steps_per_second": warm.steady_rate()}
 
 
@@ -381,6 +389,18 @@ def evaluate_held_out(model_path: str, records: str, spec, crop_mode: str, held_
 # ----------------------------------------------------------------------------- report
 
 
+def training_line(trained: dict, batch_size: int) -> str:
+    """The report's training line: steps, seconds, rate, and whether the budget's deadline
+    ended the main run before its planned steps."""
+    line = (f"  training: {trained['steps']} steps ({trained['warmup_steps']} warm-up) in "
+            f"{trained['train_seconds']:.0f} s, {trained['steps_per_second']:.2f} steps/s "
+            f"({trained['steps_per_second'] * batch_size:.1f} images/s)")
+    if trained.get("deadline"):
+        line += (f"; slower than planned: the budget's deadline ended it at step "
+                 f"{trained['steps']} of {trained['planned_steps']}")
+    return line
+
+
 def _per_keypoint(errors: dict) -> str:
     return ", ".join(f"{n} {v['mean']:.1f}/{v['median']:.1f}" for n, v in errors.items())
 
@@ -405,9 +425,7 @@ def report_lines(recipe, baseline: dict, plain: dict, flipped: dict, trained: di
             f"{m['within_5px']:.3f}/{m['within_10px']:.3f}; PCK {m['pck']:.4f}")
     lines.append(f"  PCK threshold: {pck_threshold_px:.2f} crop-input px (the original project's "
                  f"0.5 x 6.4·((H+W)/2)/256 heatmap cells)")
-    lines.append(f"  training: {trained['steps']} steps ({trained['warmup_steps']} warm-up) in "
-                 f"{trained['train_seconds']:.0f} s, {trained['steps_per_second']:.2f} steps/s "
-                 f"({trained['steps_per_second'] * recipe.batch_size:.1f} images/s)")
+    lines.append(training_line(trained, recipe.batch_size))
     lines.append("headline figures: with the flip test (the mirrored crop's heatmaps, ears swapped "
                  "back, averaged in: run.py eval --flip_test); heldout_noflip_* without it")
     per = flipped["error_px_per_keypoint"]

@@ -385,11 +385,17 @@ class Trainer:
         tf.summary.image("validation/predicted_heatmaps", np.stack(maps), max_outputs=len(maps))
 
     # ---------------------------------------------------------------- loop
-    def train(self) -> dict:
+    def train(self, deadline: Optional[float] = None) -> dict:
         """Train to total_epoch; resumes from the latest checkpoint in the log dir. A run
         already finished (final.keras written, step >= total) does nothing. On one machine
         SIGTERM/SIGINT save a checkpoint at the current step after the running loop call and
-        raise TrainingInterrupted; on several workers/TPU the PreemptionCheckpointHandler does."""
+        raise TrainingInterrupted; on several workers/TPU the PreemptionCheckpointHandler does.
+        `deadline` (a ``time.time()``): past it, the run ends after the running loop call as
+        if its last epoch ended there (evaluation, checkpoint, final model), with
+        ``"deadline": True`` in the summary; a wall budget for benchmarks (one worker: the
+        workers of a multi-worker run would stop at different steps)."""
+        if deadline is not None and is_multi_worker(self.strategy):
+            raise ValueError("a training deadline needs a single-worker strategy")
         cfg, spe = self.cfg, self.steps_per_epoch
         total_steps = (cfg.total_epoch - cfg.init_epoch) * spe
         start_step = int(self.step.numpy())
@@ -398,7 +404,7 @@ class Trainer:
             return self._already_finished(start_step, final)
         handlers = self._install_stop_handlers()
         try:
-            return self._train(total_steps, start_step)
+            return self._train(total_steps, start_step, deadline)
         finally:
             for signum, previous in handlers.items():
                 signal.signal(signum, previous)
@@ -449,7 +455,7 @@ class Trainer:
             f"{self.manager.latest_checkpoint}; no final model was written; rerun the same "
             f"command to resume", self._stop_signal, step)
 
-    def _train(self, total_steps: int, start_step: int) -> dict:
+    def _train(self, total_steps: int, start_step: int, deadline: Optional[float]) -> dict:
         cfg, spe = self.cfg, self.steps_per_epoch
         if self.chief and cfg.verbose:
             where = f"resumed from {self.resumed_from} at step {start_step}" if self.resumed_from \
@@ -465,7 +471,8 @@ class Trainer:
         val_log = os.path.join(self.out_dir, "val.txt")
         started = time.time()
         last = None
-        while int(self.step.numpy()) < total_steps:
+        past = False
+        while int(self.step.numpy()) < total_steps and not past:
             step = int(self.step.numpy())
             epoch = cfg.init_epoch + step // spe + 1
             bar = keras.utils.Progbar(spe, verbose=1 if (self.chief and cfg.verbose) else 0,
@@ -501,6 +508,9 @@ class Trainer:
                     self._save_checkpoint()
                 if self._stop_signal is not None:
                     self._stop(saved)
+                past = deadline is not None and time.time() >= deadline
+                if past:
+                    break                 # out of time: this step ends the run's last epoch
             last = {"epoch": epoch, "loss": loss}
             t0 = time.time()
             result = self.evaluate()
@@ -522,12 +532,16 @@ class Trainer:
             history.append(last)
             if self._stop_signal is not None and int(self.step.numpy()) < total_steps:
                 self._stop(saved=True)
+            past = deadline is not None and time.time() >= deadline
         final = os.path.join(self.out_dir, "final.keras")
         save_keras(self.model, final, self.card)
         summary = {"final_model": final if self.chief else None, "steps": int(self.step.numpy()),
                    "weights_digest": weights_digest(self.model),
                    "epochs": cfg.total_epoch, "seconds": round(time.time() - started, 1),
-                   "best_val_pck": float(self.best_pck.numpy()), "last": last}
+                   "best_val_pck": float(self.best_pck.numpy()), "last": last,
+                   "deadline": int(self.step.numpy()) < total_steps}
+        if self.chief and cfg.verbose and summary["deadline"]:
+            print(f"deadline: ended at step {summary['steps']} of {total_steps}", flush=True)
         if self.chief and cfg.verbose:
             print(f"done: {summary['steps']} steps in {summary['seconds']} s, best val PCK "
                   f"{summary['best_val_pck']:.4f}, final model {final}", flush=True)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 
 import numpy as np
 import pytest
@@ -493,7 +494,9 @@ def test_torso_pck_in_crop_pixels_equals_original_pixels_on_real_crops(coco_exam
 def test_validation_reports_torso_pck_like_evaluation(tmp_path, capsys):
     """Trainer.evaluate (TF, crop pixels, inside the distributed eval step) gives the torso PCK
     that model.evaluation gives for the same model (numpy, original pixels); one epoch writes
-    the TensorBoard scalars and prints val_pck_torso@0.2."""
+    the TensorBoard scalars and prints val_pck_torso@0.2. The run has a deadline already
+    past: it ends after its first step (of 2 epochs x 3) as if its epoch ended there (one
+    evaluation, a final model) and says so."""
     import tensorflow as tf
 
     from model.evaluation import evaluate_model
@@ -510,11 +513,14 @@ def test_validation_reports_torso_pck_like_evaluation(tmp_path, capsys):
     spec = builtin_spec("coco")
     smoke = TrainConfig.smoke(records, str(tmp_path / "logs"), spec.num_keypoints)
     cfg = dataclasses.replace(smoke, model=dataclasses.replace(smoke.model, num_channels=32),
-                              steps_per_epoch=1)
+                              steps_per_epoch=3, total_epoch=2)
     trainer = Trainer(cfg, tf.distribute.get_strategy(), spec)
-    trainer.train()
+    summary = trainer.train(deadline=time.time())
     printed = capsys.readouterr().out
     assert "val_pck_torso@0.2 " in printed, printed
+    assert summary["steps"] == 1 and summary["deadline"] and "deadline: ended at step 1 of 6" in printed
+    assert os.path.isfile(summary["final_model"])
+    assert open(tmp_path / "logs" / "val.txt").read().count("Epoch 1:") == 1
     result = trainer.evaluate()
     metrics = evaluate_model(KerasRunner(None, model=trainer.model), records, "val", spec,
                              batch_size=8)
