@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "frame's confident keypoints (padded as in training); the first frame, "
                         "and a frame whose mean confidence falls under --track_threshold, is "
                         "searched: read whole (or from --bbox) and, when not found there, in "
-                        "4 of the frame's overlapping tiles in turn")
+                        "4 of the frame's overlapping tiles in turn; its two most confident "
+                        "reads are read again from the box of their keypoints, and the most "
+                        "confident read of all is kept")
     d.add_argument("--track_threshold", type=float,
                    help="mean confidence under which --track counts the subject lost and "
                         "searches again (default 0.5)")
