@@ -220,10 +220,13 @@ QUICKSTART_FIXTURES = frozenset({"quickstart_records", "quickstart_run", "quicks
 
 
 def pytest_collection_modifyitems(config, items):
-    """Order for ``make test`` (pytest-xdist, ``-n 2 --dist loadfile``: a file's tests run in one
-    worker, files in this order): the export tests first, so one worker trains the quickstart
-    and writes its exports at once (the longest chain) while the other runs the files that do
-    not need it; the other files that use the quickstart last, when it is ready for both."""
+    """Order of the files: the export tests first, so that one worker trains the quickstart and
+    writes its exports at once (the longest chain) while the other runs the files that do not
+    need it; the other files that use the quickstart last, when it is ready for both. A
+    serial run keeps this order; pytest-xdist keeps it only with ``--no-loadscope-reorder``
+    (by default it sends the files with the most tests first). ``make test`` leaves xdist's
+    default: on 2 busy cores the order moved the wall time by less than the noise
+    (11 min 43 s with it, 11 min 03 s without, 2026-12-07)."""
     def uses_quickstart(item) -> bool:
         return bool(QUICKSTART_FIXTURES & set(item.fixturenames))
 
