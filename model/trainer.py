@@ -418,7 +418,7 @@ class Trainer:
         return {"final_model": final if self.chief else None, "steps": step,
                 "weights_digest": weights_digest(self.model), "epochs": self.cfg.total_epoch,
                 "seconds": 0.0, "best_val_pck": float(self.best_pck.numpy()), "last": None,
-                "already_finished": True}
+                "deadline": False, "already_finished": True}
 
     def _install_stop_handlers(self) -> dict:
         """SIGTERM/SIGINT set a flag the loop reads between loop calls; a second signal kills."""
@@ -471,7 +471,11 @@ class Trainer:
         val_log = os.path.join(self.out_dir, "val.txt")
         started = time.time()
         last = None
-        past = False
+
+        def out_of_time() -> bool:
+            return deadline is not None and time.time() >= deadline
+
+        past = False                      # the deadline, checked after each epoch's evaluation
         while int(self.step.numpy()) < total_steps and not past:
             step = int(self.step.numpy())
             epoch = cfg.init_epoch + step // spe + 1
@@ -508,9 +512,8 @@ class Trainer:
                     self._save_checkpoint()
                 if self._stop_signal is not None:
                     self._stop(saved)
-                past = deadline is not None and time.time() >= deadline
-                if past:
-                    break                 # out of time: this step ends the run's last epoch
+                if out_of_time():
+                    break                 # this step ends the run's last epoch
             last = {"epoch": epoch, "loss": loss}
             t0 = time.time()
             result = self.evaluate()
@@ -532,7 +535,7 @@ class Trainer:
             history.append(last)
             if self._stop_signal is not None and int(self.step.numpy()) < total_steps:
                 self._stop(saved=True)
-            past = deadline is not None and time.time() >= deadline
+            past = out_of_time()
         final = os.path.join(self.out_dir, "final.keras")
         save_keras(self.model, final, self.card)
         summary = {"final_model": final if self.chief else None, "steps": int(self.step.numpy()),
