@@ -1,7 +1,8 @@
 """A log dir resumes only the run it holds: other records or settings are refused (exit 2),
 a finished run is not trained or rewritten again, --overwrite_log_dir starts over, a resumed
 run drops what the killed one wrote after its checkpoint (val.txt lines, best models,
-TensorBoard events), and SIGTERM saves a checkpoint at the current step (exit 143).
+TensorBoard events), SIGTERM saves a checkpoint at the current step (exit 143), and after SIGKILL the same
+command resumes from the last checkpoint.
 
 run.py runs in this process (``run.main``) except for the launches that receive a signal and
 the two-worker runs."""
@@ -193,39 +194,67 @@ def _train_steps_written(log_dir):
     return steps
 
 
-@pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(records, tmp_path, capsys):
-    """SIGTERM to a real single-machine run: a checkpoint at the step it reached, a message,
-    exit 143, no final model; the same command (here in this process) resumes from that step
-    and finishes."""
-    log_dir = str(tmp_path / "logs")
-    argv = ["--tfrecords", records[0], "--log_dir", log_dir, "--total_epoch", "1",
-            "--steps_per_epoch", "16", "--steps_per_loop", "1", "--checkpoint_steps", "1000"] + TINY
-    proc = subprocess.Popen(RUN + argv, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    while not _train_steps_written(log_dir):   # summaries flush every 10 events: a few steps
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail("training ended before SIGTERM:\n" + proc.stderr.read()[-3000:])
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 143, (proc.returncode, out[-2000:], err[-3000:])
+def _latest_step(log_dir) -> int:
     import tensorflow as tf
     latest = tf.train.latest_checkpoint(os.path.join(log_dir, "checkpoints"))
-    assert latest, err
-    step = int(latest.rsplit("-", 1)[1])
-    assert 1 <= step < 16
-    assert f"SIGTERM: stopped at step {step}" in err and "rerun the same command to resume" in err
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_then_sigkill_and_each_relaunch_resumes(records, tmp_path, capsys):
+    """SIGTERM to a real single-machine run: a checkpoint at the step it reached, a message,
+    exit 143, no final model. The same command resumes from that step; SIGKILLed as soon as
+    its next periodic checkpoint is complete, the same command again (here in this process)
+    resumes from that one and finishes: every step, summary and epoch evaluation once. (One
+    test, so the two signals cost three launches, not four.)"""
+    log_dir = str(tmp_path / "logs")
+    total = 24
+    argv = ["--tfrecords", records[0], "--log_dir", log_dir, "--total_epoch", "3",
+            "--steps_per_epoch", "8", "--steps_per_loop", "1", "--checkpoint_steps", "4"] + \
+        [a for a in TINY if a != "--quiet"]      # the resume lines are part of the progress output
+
+    def launch(name):
+        log = open(tmp_path / f"{name}.log", "w")
+        return subprocess.Popen(RUN + argv, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                text=True), tmp_path / f"{name}.log"
+
+    def wait_until(proc, log, ready, what):
+        deadline = time.time() + 600
+        while not ready():
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"training ended before {what}:\n" + log.read_text()[-3000:])
+            time.sleep(0.05)
+
+    proc, log = launch("terminated")
+    wait_until(proc, log, lambda: _train_steps_written(log_dir), "SIGTERM")  # summaries flush every 10 events
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143, log.read_text()[-3000:]
+    terminated_at = _latest_step(log_dir)
+    assert 1 <= terminated_at < total
+    out = log.read_text()
+    assert f"SIGTERM: stopped at step {terminated_at}" in out and "rerun the same command to resume" in out
     assert not os.path.exists(os.path.join(log_dir, "final.keras"))
+
+    assert terminated_at < total - 4, "no periodic checkpoint left before the end to SIGKILL after"
+
+    proc, log = launch("killed")
+    wait_until(proc, log, lambda: _latest_step(log_dir) > terminated_at, "SIGKILL")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "resumed from" in log.read_text() and f"at step {terminated_at}" in log.read_text()
+    killed_at = _latest_step(log_dir)
+    assert killed_at % 4 == 0 and terminated_at < killed_at < total
+    assert not os.path.exists(os.path.join(log_dir, "final.keras"))
+
     code, out, err = _main(argv, capsys)
     assert code == 0, err[-3000:]
+    assert "resumed from" in out and f"at step {killed_at}" in out
     assert os.path.isfile(os.path.join(log_dir, "final.keras"))
-    assert tf.train.latest_checkpoint(os.path.join(log_dir, "checkpoints")).endswith("ckpt-16")
-    assert _val_epochs(log_dir) == [1]
+    assert _latest_step(log_dir) == total
+    assert _val_epochs(log_dir) == [1, 2, 3]
     assert_each_step_once(log_dir)
-    assert _train_steps_written(log_dir) == set(range(1, 17))
+    assert _train_steps_written(log_dir) == set(range(1, total + 1))
 
 
 # ---------------------------------------------------------------------------- fast
