@@ -200,6 +200,18 @@ def _latest_step(log_dir) -> int:
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
+def _wait_until(procs, ready, what: str, output) -> None:
+    """Polls `ready()` until it holds; when a process of `procs` ends first or 600 s pass,
+    kills them all and fails with the tail of `output()`."""
+    deadline = time.time() + 600
+    while not ready():
+        if any(p.poll() is not None for p in procs) or time.time() > deadline:
+            for p in procs:
+                p.kill()
+            pytest.fail(f"training ended before {what}:\n" + output()[-3000:])
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_then_sigkill_and_each_relaunch_resumes(records, tmp_path, capsys):
     """SIGTERM to a real single-machine run: a checkpoint at the step it reached, a message,
@@ -214,20 +226,14 @@ def test_sigterm_saves_a_checkpoint_then_sigkill_and_each_relaunch_resumes(recor
         [a for a in TINY if a != "--quiet"]      # the resume lines are part of the progress output
 
     def launch(name):
-        log = open(tmp_path / f"{name}.log", "w")
-        return subprocess.Popen(RUN + argv, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
-                                text=True), tmp_path / f"{name}.log"
-
-    def wait_until(proc, log, ready, what):
-        deadline = time.time() + 600
-        while not ready():
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"training ended before {what}:\n" + log.read_text()[-3000:])
-            time.sleep(0.05)
+        log = tmp_path / f"{name}.log"
+        with open(log, "w") as f:
+            return subprocess.Popen(RUN + argv, cwd=REPO, env=_env(), stdout=f,
+                                    stderr=subprocess.STDOUT, text=True), log
 
     proc, log = launch("terminated")
-    wait_until(proc, log, lambda: _train_steps_written(log_dir), "SIGTERM")  # summaries flush every 10 events
+    _wait_until([proc], lambda: _train_steps_written(log_dir), "SIGTERM",    # summaries flush
+                log.read_text)                                               # every 10 events
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 143, log.read_text()[-3000:]
     terminated_at = _latest_step(log_dir)
@@ -239,10 +245,11 @@ def test_sigterm_saves_a_checkpoint_then_sigkill_and_each_relaunch_resumes(recor
     assert terminated_at < total - 4, "no periodic checkpoint left before the end to SIGKILL after"
 
     proc, log = launch("killed")
-    wait_until(proc, log, lambda: _latest_step(log_dir) > terminated_at, "SIGKILL")
+    _wait_until([proc], lambda: _latest_step(log_dir) > terminated_at, "SIGKILL", log.read_text)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert "resumed from" in log.read_text() and f"at step {terminated_at}" in log.read_text()
+    out = log.read_text()
+    assert "resumed from" in out and f"at step {terminated_at}" in out
     killed_at = _latest_step(log_dir)
     assert killed_at % 4 == 0 and terminated_at < killed_at < total
     assert not os.path.exists(os.path.join(log_dir, "final.keras"))
@@ -308,8 +315,6 @@ def test_sigterm_to_one_of_two_workers_saves_and_resumes(records, tmp_path):
     chief writing into the log dir. (This is also the suite's two-worker training test: it
     was test_run.py::test_two_workers_multi_worker_mirrored, whose checks are the last ones
     here; each two-worker launch costs two graph compilations.)"""
-    import tensorflow as tf
-
     from tests.test_run import _free_ports
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
@@ -325,26 +330,19 @@ def test_sigterm_to_one_of_two_workers_saves_and_resumes(records, tmp_path):
             for i in range(2)]
 
     procs = launch()
-    deadline = time.time() + 600
-    while not _train_steps_written(log_dir):
-        if any(p.poll() is not None for p in procs) or time.time() > deadline:
-            for p in procs:
-                p.kill()
-            pytest.fail("training ended before SIGTERM:\n" + procs[0].stdout.read()[-3000:])
-        time.sleep(0.2)
+    _wait_until(procs, lambda: _train_steps_written(log_dir), "SIGTERM", procs[0].stdout.read)
     procs[1].send_signal(signal.SIGTERM)
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [143, 143], [o[-2000:] for o in outputs]
     assert all("preempted (SIGTERM): checkpoint saved" in o for o in outputs)
-    latest = tf.train.latest_checkpoint(os.path.join(log_dir, "checkpoints"))
-    step = int(latest.rsplit("-", 1)[1])
+    step = _latest_step(log_dir)
     assert 1 <= step < 16
     assert not os.path.exists(os.path.join(log_dir, "final.keras"))
     procs = launch()
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outputs]
     assert f"at step {step}" in outputs[0]
-    assert tf.train.latest_checkpoint(os.path.join(log_dir, "checkpoints")).endswith("ckpt-16")
+    assert _latest_step(log_dir) == 16
     assert_each_step_once(log_dir)
     # trained together: identical weights; only the chief writes into the log dir
     digests = [re.findall(r"weights_digest: (\w+)", out) for out in outputs]
