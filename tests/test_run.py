@@ -52,12 +52,6 @@ def small_records(root, num_train=64, num_val=16, image_size=(96, 96), seed=3, n
     return out
 
 
-@pytest.fixture(scope="module")
-def synthetic_records(tmp_path_factory):
-    """A small synthetic set converted to TFRecords (train 64, val 16, 96 px images, 2 shards)."""
-    return small_records(tmp_path_factory.mktemp("synthetic"))
-
-
 TINY = ["--num_stacks", "1", "--mobile", "--tiny", "--model_image_size", "64x64",
         "--batch_size", "8", "--optimizer", "adam", "--learning_rate", "1e-3", "--quiet"]
 
@@ -96,14 +90,15 @@ def _free_ports(n):
 # two-worker launch costs two graph compilations, so the suite has two launches, not three).
 
 
-def test_bad_flags_fail_before_work(synthetic_records, tmp_path, capsys):
+def test_bad_flags_fail_before_work(quickstart_records, tmp_path, capsys):
+    records = quickstart_records.records       # 17 COCO keypoints
     wrong = tmp_path / "classes.txt"
     wrong.write_text("a\nb\nc\n")
-    code, out, err = _main(["train", "--tfrecords", synthetic_records, "--classes_path", str(wrong),
+    code, out, err = _main(["train", "--tfrecords", records, "--classes_path", str(wrong),
                             "--log_dir", str(tmp_path / "l")], capsys)
     assert code == 2
     assert "records were written with 17" in err
-    code, out, err = _main(["train", "--tfrecords", synthetic_records, "--model_image_size", "100x100",
+    code, out, err = _main(["train", "--tfrecords", records, "--model_image_size", "100x100",
                             "--log_dir", str(tmp_path / "l")], capsys)
     assert code == 2 and "multiples of 32" in err
     assert not os.path.exists(tmp_path / "l")
