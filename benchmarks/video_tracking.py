@@ -108,7 +108,8 @@ def report_lines(results: dict) -> list[str]:
              f"frame(s) with keypoints behind the pillar",
              f"model: {results['model']} ({results['model_source']})",
              f"tracker: {counts['tracked']} tracked, {counts['search']} searched, {counts['lost']} "
-             f"lost, {counts['reinitialized']} re-initialization(s); One-Euro min_cutoff "
+             f"lost, {counts['reinitialized']} re-initialization(s), {counts['widened']} unsure "
+             f"frame(s) read wider; One-Euro min_cutoff "
              f"{results['smoothing']['min_cutoff']} Hz, beta {results['smoothing']['beta']}",
              "",
              f"{'method':<22}{'error px':>10}{'median px':>11}{'lost':>8}{'jitter px':>11}{'fps':>7}"]

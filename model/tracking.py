@@ -25,8 +25,14 @@ good one, and a tracker that keeps it follows the wrong crop; so a search *confi
 ``CONFIRM_READS`` most confident reads, each read again from the box of its own keypoints
 (the box the next frame would be read from), and keeps the most confident read of all: a
 subject seen at the wrong scale is locked on to within the frame, and a badly framed read
-loses to a well framed one. A lost frame leaves no box (its half-confident points are
-guesses): the next frame is searched.
+loses to a well framed one. A tracked crop can still settle on part of the subject (a
+search that kept a read of head and shoulders, tracked from the box of its own points, stays
+there: the model reads the part as a whole figure, though less surely than the whole): so a
+tracked read under the *sure* level (``SURE_SHARE`` of the way from the threshold to 1) is
+checked against the previous box widened ``WIDEN`` x about its centre, which holds the whole
+subject; when the wider read is more confident, it is confirmed from the box of its own
+keypoints and the most confident of the three reads is kept. A lost frame leaves no box (its
+half-confident points are guesses): the next frame is searched.
 
 ``OneEuroFilter`` (Casiez, Roussel and Vogel, CHI 2012) in frame pixels, moving with the
 subject: the centre of its confident keypoints is filtered apart from each keypoint's motion
@@ -50,6 +56,8 @@ TILES_PER_SEARCH = 4            # search tiles read per searched frame (after th
 BOX_MARGIN = 0.06               # keypoints' box widened by this x its longer side, each side
 BOX_POINT_SHARE = 0.5           # a keypoint frames the next box from this x the threshold
 CONFIRM_READS = 2               # a search's most confident reads read again from their own box
+SURE_SHARE = 0.5                # a tracked read is sure from threshold + this x (1 - threshold)
+WIDEN = 2.0                     # an unsure tracked read is checked against its box this x wider
 DEFAULT_MIN_CUTOFF = 1.0        # Hz: cutoff of a still keypoint
 DEFAULT_BETA = 4.0              # cutoff rise per subject size per second of keypoint speed
 D_CUTOFF = 1.0                  # Hz: cutoff of the speed estimate (the paper's default)
@@ -76,6 +84,12 @@ def keypoint_box(keypoints: np.ndarray, confidence: np.ndarray, threshold: float
         return None
     lo, hi = lo - margin * side, hi + margin * side
     return float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])
+
+
+def widened(box: Box, factor: float) -> Box:
+    """`box` (x, y, w, h) scaled by `factor` about its centre."""
+    x, y, w, h = box
+    return x + 0.5 * w * (1.0 - factor), y + 0.5 * h * (1.0 - factor), w * factor, h * factor
 
 
 def search_tiles(frame_shape) -> list[Box]:
@@ -110,13 +124,17 @@ class Tracker:
     """Follows one subject through consecutive frames (see the module docstring).
 
     ``step(frame)`` promises: one predictor call when the previous frame gave a box and this
-    frame stays confident; otherwise a search (after the failed box: a re-initialization),
-    which reads `init_box` (None: the whole frame) and, only when that is not confident and
-    no `init_box` was given, `tiles_per_search` more ``search_tiles`` in turn, then reads the
-    box of the keypoints of each of its ``CONFIRM_READS`` most confident reads, and keeps the
-    read of highest mean confidence (the failed box's when nothing beats it: a subject
-    behind an occluder keeps its keypoints). A lost frame leaves no box: the next frame is a
-    search. ``counts`` holds the frames of each status and the re-initializations."""
+    frame's read of it is sure; two when that read is confident but unsure and the box
+    widened ``WIDEN`` x reads less surely (three when it reads more surely: the wider read is
+    confirmed, and the most confident of the three is kept); otherwise a search (after the
+    failed box: a re-initialization), which reads `init_box` (None: the whole frame) and,
+    only when that is not confident and no `init_box` was given, `tiles_per_search` more
+    ``search_tiles`` in turn, then reads the box of the keypoints of each of its
+    ``CONFIRM_READS`` most confident reads, and keeps the read of highest mean confidence
+    (the failed box's when nothing beats it: a subject behind an occluder keeps its
+    keypoints). A lost frame leaves no box: the next frame is a search. ``counts`` holds the
+    frames of each status, the re-initializations and the tracked frames read wider
+    ("widened")."""
 
     def __init__(self, predict: FramePredictor, threshold: float = DEFAULT_TRACK_THRESHOLD,
                  init_box: Optional[Box] = None, margin: float = BOX_MARGIN,
@@ -125,7 +143,8 @@ class Tracker:
             raise ValueError(f"the tracking threshold is a mean confidence in (0, 1), got {threshold}")
         self.predict, self.threshold, self.init_box, self.margin = predict, threshold, init_box, margin
         self.tiles_per_search = tiles_per_search
-        self.counts = {**{s: 0 for s in STATUSES}, "reinitialized": 0}
+        self.sure = threshold + SURE_SHARE * (1.0 - threshold)
+        self.counts = {**{s: 0 for s in STATUSES}, "reinitialized": 0, "widened": 0}
         self._box: Optional[Box] = None
         self._next_tile = 0
 
@@ -137,8 +156,10 @@ class Tracker:
         tracked = None
         if self._box is not None:
             tracked = self._read(frame, self._box)
-            if _mean(tracked) >= self.threshold:
+            if _mean(tracked) >= self.sure:
                 return self._done(*tracked, "tracked", False)
+            if _mean(tracked) >= self.threshold:
+                return self._done(*self._checked_wider(frame, tracked), "tracked", False)
             self.counts["reinitialized"] += 1
         reads = [self._read(frame, self.init_box)]
         if _mean(reads[0]) < self.threshold and self.init_box is None:
@@ -152,6 +173,15 @@ class Tracker:
             best = tracked               # nothing better found: stay with the subject's box
         status = "search" if _mean(best) >= self.threshold else "lost"
         return self._done(*best, status, tracked is not None)
+
+    def _checked_wider(self, frame, tracked):
+        """The most confident of an unsure tracked read, the read of its box widened ``WIDEN``
+        x and, when that one is more confident, its confirmation (the first of equals)."""
+        self.counts["widened"] += 1
+        wider = self._read(frame, widened(self._box, WIDEN))
+        if _mean(wider) <= _mean(tracked):
+            return tracked
+        return max([tracked, wider] + self._confirm(frame, [wider]), key=_mean)
 
     def _confirm(self, frame, reads) -> list:
         """The reads of the boxes of the ``CONFIRM_READS`` most confident `reads`' keypoints."""

@@ -28,6 +28,7 @@ from model.tracking import (
     min_points,
     search_tiles,
     smooth_step,
+    widened,
 )
 from tests.test_run import _main as _run
 
@@ -276,7 +277,7 @@ def test_tracker_finds_a_small_subject_and_follows_it():
     reads = [sum(1 for j, _ in scene.calls if j == i) for i in range(len(centers))]
     assert reads[first + 1:] == [1] * (len(centers) - first - 1)
     assert tracker.counts == {"tracked": len(centers) - first - 1, "search": 1, "lost": first,
-                              "reinitialized": 0}
+                              "reinitialized": 0, "widened": 0}
 
 
 def test_tracker_reinitializes_after_the_subject_leaves_the_frame():
@@ -407,6 +408,64 @@ def test_a_search_keeps_the_read_its_confirmation_frames_best():
     assert second.status == "tracked" and scene.calls[-1] == keypoint_box(scene.points, np.ones(8), 0.5)
 
 
+class _PartScene:
+    """A still subject of K points in a column (100 px tall, top at y=80) in a 240x320 frame.
+    A read window (the box padded by 1.25 as a square) that holds all of it reads it exactly
+    (0.9); one that holds its top point but not all of it reads a whole figure squeezed into
+    its middle (0.6): what the quickstart model does with a crop of head and shoulders. The
+    squeezed figure's own box frames the same window again, so a tracker that keeps reading
+    from the box of its points stays on the part."""
+
+    K = 8
+
+    def __init__(self):
+        self.points = np.stack([np.full(self.K, 160.0), np.linspace(80.0, 180.0, self.K)], -1)
+        self.calls = []
+
+    def window(self, box):
+        side = 1.25 * max(box[2], box[3])
+        return np.array([box[0] + box[2] / 2, box[1] + box[3] / 2]) - side / 2, side
+
+    def predict(self, frame, box):
+        self.calls.append(box)
+        lo, side = self.window(box)
+        inside = ((self.points >= lo) & (self.points <= lo + side)).all(-1)
+        if inside.all():
+            return self.points.copy(), np.full(self.K, 0.9)
+        assert inside[0], "the scene reads only windows that hold the top point"
+        centre = lo + side / 2
+        half = side / 2.8     # the points' box (6% a side) padded by 1.25 is this window again
+        squeezed = np.stack([np.full(self.K, centre[0]),
+                             np.linspace(centre[1] - half, centre[1] + half, self.K)], -1)
+        return squeezed, np.full(self.K, 0.6)
+
+
+def test_an_unsure_tracked_crop_on_part_of_the_subject_widens_to_all_of_it():
+    """Started on the top of the subject (a 70 px window over y 77.5-147.5), the read (0.6:
+    confident, not sure) frames its own window again: without a check the tracker would
+    follow the part for ever. The first tracked frame reads the box 2x wider, which holds the
+    subject (0.9), confirms it from the box of its keypoints and keeps it; from then on each
+    frame is one sure read of the whole subject."""
+    scene = _PartScene()
+    part = (150.0, 112.5 - 28.0, 20.0, 56.0)
+    first = scene.predict(None, part)
+    assert first[1].mean() == 0.6 and not np.allclose(first[0], scene.points)
+    again = keypoint_box(*first, BOX_POINT_SHARE * 0.5)
+    lo, side = scene.window(again)
+    np.testing.assert_allclose(np.r_[lo, side], np.r_[scene.window(part)[0], 70.0])   # a fixed point
+    scene.calls.clear()
+    tracker = Tracker(scene.predict, init_box=part)
+    steps = [tracker.step(np.zeros((240, 320, 3), np.uint8)) for _ in range(5)]
+    assert [s.status for s in steps] == ["search"] + ["tracked"] * 4
+    assert not np.allclose(steps[0].keypoints, scene.points)
+    for s in steps[1:]:
+        np.testing.assert_allclose(s.keypoints, scene.points)
+    assert tracker.counts["widened"] == 1
+    # search: the box, its confirmation; frame 1: the box, 2x wider, its confirmation; then one
+    assert len(scene.calls) == 2 + 3 + 3
+    assert scene.calls[3] == widened(scene.calls[2], 2.0)
+
+
 def test_a_lost_frame_leaves_no_box():
     """A lost read (two sure points, four guesses, mean under the threshold): the next frame
     is searched (the whole frame first), not read from the box of the lost frame's points."""
@@ -425,7 +484,8 @@ def test_a_lost_frame_leaves_no_box():
     assert tracker.step(np.ones((480, 640, 1), np.int64)).status == "search"
     assert reads[2] is None
     assert tracker.step(np.ones((480, 640, 1), np.int64)).status == "tracked"
-    assert reads[-1] == keypoint_box(points, np.ones(6), 0.5)
+    box = keypoint_box(points, np.ones(6), 0.5)      # read from it, then (0.57 is unsure) wider
+    assert reads[4:] == [box, widened(box, 2.0)]
 
 
 def test_smoothing_holds_through_a_lost_frame_and_restarts_on_a_search():
