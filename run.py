@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "searched: read whole (or from --bbox) and, when not found there, in "
                         "4 of the frame's overlapping tiles in turn; its two most confident "
                         "reads are read again from the box of their keypoints, and the most "
-                        "confident read of all is kept")
+                        "confident read of all is kept; a tracked read under halfway from "
+                        "--track_threshold to 1 is checked against its box 2x wider")
     d.add_argument("--track_threshold", type=float,
                    help="mean confidence under which --track counts the subject lost and "
                         "searches again (default 0.5)")
