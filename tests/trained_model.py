@@ -219,23 +219,32 @@ QUICKSTART_FIXTURES = frozenset({"quickstart_records", "quickstart_run", "quicks
                                  "quickstart_verify"})
 
 
+# Seconds of one pytest worker per file (2 cores, 2026-12-07; a file that uses the quickstart
+# without its wait for it). Only the order of the files depends on them.
+FILE_SECONDS = {"test_resume_identity": 229, "test_learn_human": 96, "test_data_service": 85,
+                "test_model": 61, "test_records_integrity": 40, "test_learn_real": 34,
+                "test_metrics_torso": 31, "test_input_reader": 21, "test_parser": 13,
+                "test_affine": 10, "test_convert": 10, "test_oracle_ap": 10,
+                "test_export_pipeline": 150, "test_model_card": 63, "test_export_quant": 49,
+                "test_run": 22, "test_tracking": 17, "test_predict_safety": 13}
+
+
 def pytest_collection_modifyitems(config, items):
     """Order of the files: the export tests first, so that one worker trains the quickstart and
-    writes its exports at once (the longest chain) while the other runs the files that do not
-    need it; the other files that use the quickstart last, when it is ready for both. A
-    serial run keeps this order; pytest-xdist keeps it only with ``--no-loadscope-reorder``
-    (by default it sends the files with the most tests first). ``make test`` leaves xdist's
-    default: on 2 busy cores the order moved the wall time by less than the noise
-    (11 min 43 s with it, 11 min 03 s without, 2026-12-07)."""
+    writes its exports at once (the longest chain); then the files that do not need it, the
+    longest first (``FILE_SECONDS``), so that the other worker is busy meanwhile; then the
+    files that use the quickstart, the longest first, so that the two workers end together.
+    pytest-xdist keeps this order with ``--no-loadscope-reorder`` (``make test``); by default
+    it sends the files with the most tests first."""
     def uses_quickstart(item) -> bool:
         return bool(QUICKSTART_FIXTURES & set(item.fixturenames))
 
     consumers = {item.module.__name__ for item in items if uses_quickstart(item)}
 
-    def rank(item) -> int:
+    def rank(item) -> tuple[int, float]:
         module = item.module.__name__
         if module == "tests.test_export":
-            return 0
-        return 2 if module in consumers else 1
+            return 0, 0.0
+        return (2 if module in consumers else 1), -FILE_SECONDS.get(module.rsplit(".", 1)[-1], 0.0)
 
-    items[:] = sorted(items, key=rank)      # stable: the order inside a rank is kept
+    items[:] = sorted(items, key=rank)      # stable: the order inside a file is kept
