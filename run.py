@@ -215,7 +215,8 @@ def main(argv=None) -> int:
         if tracking:
             print(f"tracking: {tracking['tracked']} frame(s) tracked, {tracking['search']} "
                   f"searched, {tracking['lost']} lost (mean confidence under the threshold), "
-                  f"{tracking['reinitialized']} re-initialization(s)")
+                  f"{tracking['reinitialized']} re-initialization(s), {tracking['widened']} "
+                  f"unsure frame(s) read wider")
         for note in result.get("notes") or []:
             print(f"note: {note}")
     return 0
