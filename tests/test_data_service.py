@@ -11,11 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.test_run import MIRRORED_RUN_PY, TINY, _env, _free_ports, small_records
+from tests.test_run import MIRRORED_RUN_PY, TINY, _env, _free_ports, _wait_until, small_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,15 +56,6 @@ def _start(role_args, log):
                             env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_loopback_service_feeds_every_record_once_and_survives_a_worker_restart(tmp_path):
     records = small_records(tmp_path, num_train=48, num_val=8, num_shards=6)
@@ -82,8 +72,10 @@ def test_loopback_service_feeds_every_record_once_and_survives_a_worker_restart(
             procs[name] = _start(["worker", "--dispatcher", f"127.0.0.1:{d_port}", "--port", str(port)],
                                  logs[name])
         url = f"grpc://127.0.0.1:{d_port}"
-        _wait_for(lambda: all("serving" in open(tmp_path / f"{n}.log").read() for n in ("w1", "w2")),
-                  120, "two workers")
+        _wait_until(list(procs.values()),
+                    lambda: all("serving" in open(tmp_path / f"{n}.log").read() for n in ("w1", "w2")),
+                    "two workers", lambda: "".join(open(tmp_path / f"{n}.log").read()
+                                                   for n in ("dispatcher", "w1", "w2")), 120)
 
         served = _record_ids(_reader(records, url, "epoch")())          # one epoch, two workers
         assert served == local and set(served.values()) == {1}          # every record exactly once
@@ -96,8 +88,8 @@ def test_loopback_service_feeds_every_record_once_and_survives_a_worker_restart(
                  "--checkpoint_steps", "4", "--data_service", url, "--rotated_sampler", "projective"] + TINY,
                 cwd=REPO, env=_env(), stdout=train_log, stderr=subprocess.STDOUT, text=True)
             procs["train"] = train
-            _wait_for(lambda: glob.glob(os.path.join(log_dir, "checkpoints", "ckpt-*.index"))
-                      or train.poll() is not None, 400, "the first checkpoint")
+            _wait_until([train], lambda: glob.glob(os.path.join(log_dir, "checkpoints", "ckpt-*.index")),
+                        "the first checkpoint", lambda: open(tmp_path / "train.log").read(), 400)
             assert train.poll() is None, open(tmp_path / "train.log").read()[-3000:]
             procs["w1"].send_signal(signal.SIGKILL)                      # an input worker dies
             procs["w1"].wait(30)

@@ -18,11 +18,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.test_run import REPO, TINY, _env, small_records
+from tests.test_run import REPO, TINY, _env, _wait_until, small_records
 
 RUN = [sys.executable, os.path.join(REPO, "run.py"), "train"]
 SCHEDULE = ["--total_epoch", "2", "--steps_per_epoch", "4", "--steps_per_loop", "1",
@@ -198,18 +197,6 @@ def _latest_step(log_dir) -> int:
     import tensorflow as tf
     latest = tf.train.latest_checkpoint(os.path.join(log_dir, "checkpoints"))
     return int(latest.rsplit("-", 1)[1]) if latest else 0
-
-
-def _wait_until(procs, ready, what: str, output) -> None:
-    """Polls `ready()` until it holds; when a process of `procs` ends first or 600 s pass,
-    kills them all and fails with the tail of `output()`."""
-    deadline = time.time() + 600
-    while not ready():
-        if any(p.poll() is not None for p in procs) or time.time() > deadline:
-            for p in procs:
-                p.kill()
-            pytest.fail(f"training ended before {what}:\n" + output()[-3000:])
-        time.sleep(0.05)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import socket
+import time
 
 import pytest
 
@@ -72,6 +73,20 @@ sys.exit(run.main(sys.argv[1:]))
 
 # run.py under MirroredStrategy (two logical CPUs, rotated crops by ImageProjectiveTransformV3)
 # is trained by tests/test_data_service.py, fed by the tf.data service: one launch checks both.
+
+
+def _wait_until(procs, ready, what: str, output, timeout_s: float = 600.0) -> None:
+    """Polls `ready()` until it holds; when a process of `procs` ends first or `timeout_s`
+    pass, kills them all and fails with the tail of `output()`."""
+    deadline = time.time() + timeout_s
+    while not ready():
+        ended = [p for p in procs if p.poll() is not None]
+        if ended or time.time() > deadline:
+            for p in procs:
+                p.kill()
+            why = "a process ended" if ended else f"timed out after {timeout_s:g} s"
+            pytest.fail(f"{why} before {what}:\n" + output()[-3000:])
+        time.sleep(0.05)
 
 
 def _free_ports(n):
