@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from export.convert import ExportError
+from export.convert import ExportError, keras_converter
 
 SUFFIX = "_pipeline.tflite"
 INPUT_NAMES = ("image", "box")
@@ -391,7 +391,7 @@ def calibration_frames(calibration, card, frame_size: Sequence[int]):
         for crop in calibration.images:
             frame = np.zeros((1, frame_h, frame_w, 3), np.uint8)
             frame[0, :min(h, frame_h), :min(w, frame_w)] = crop[:frame_h, :frame_w]
-            yield {INPUT_NAMES[0]: frame, INPUT_NAMES[1]: box}
+            yield [frame, box]          # in the order of INPUT_NAMES, the pipeline's inputs
     return generate
 
 
@@ -406,7 +406,7 @@ def convert_pipeline(model, card, frame_size: Sequence[int], quantization: str,
         raise ExportError(f"--full_pipeline --quantize {quantization}: the pipeline is written with "
                           f"{', '.join(QUANTIZATIONS)}")
     keras_model = build_pipeline(model, card, frame_size, integer=quantization == "int8")
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    converter = keras_converter(keras_model)
     if quantization in ("dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "int8":

@@ -180,8 +180,8 @@ def test_calibration_frames_hold_the_calibration_crops():
     for input_size, crop_mode in (((128, 96), "box"), ((96, 128), "box"), ((96, 96), "frame")):
         card = ModelCard(keypoints=builtin_spec("coco"), input_size=input_size, crop_mode=crop_mode)
         crops = rng.integers(0, 256, (2, *input_size, 3), dtype=np.uint8)
-        for crop, inputs in zip(crops, calibration_frames(Calibration(crops), card, (200, 240))()):
-            frame, box = inputs["image"][0], inputs["box"][0]
+        for crop, (frame, box) in zip(crops, calibration_frames(Calibration(crops), card, (200, 240))()):
+            frame, box = frame[0], box[0]
             matrix = box_crop_matrix(tf.constant(box), card)
             np.testing.assert_array_equal(sample_crop(frame, matrix, input_size).numpy(), crop)
 

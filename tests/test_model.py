@@ -150,14 +150,17 @@ def test_layer_rules(small_models):
 
 
 def test_tflite_folds_every_batch_norm():
-    """After conversion only the input rescale is a MUL and every ADD is a residual/merge
-    Add (or the rescale offset): no BatchNorm is left as MUL + ADD; outputs match Keras."""
+    """After conversion (the exporter's ``keras_converter``) only the input rescale is a MUL
+    and every ADD is a residual/merge Add (or the rescale offset): no BatchNorm is left as
+    MUL + ADD; outputs match Keras."""
     from ai_edge_litert.interpreter import Interpreter
+
+    from export.convert import keras_converter
 
     model = build_hourglass(num_keypoints=3, num_stacks=1, num_channels=16, mobile=True,
                             input_size=(64, 64))   # one stack: conversion time grows with the graph
     _randomize(model, seed=4)
-    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    flatbuffer = keras_converter(model).convert()
     interpreter = Interpreter(model_content=flatbuffer)
     interpreter.allocate_tensors()
     ops = [op["op_name"] for op in interpreter._get_ops_details()]

@@ -113,7 +113,8 @@ def test_video_keeps_its_frame_rate_and_needs_a_video_name(model_path, tmp_path,
 def bad_models(tmp_path_factory):
     """name -> path of files that are not what their name says."""
     import keras
-    import tensorflow as tf
+
+    from export.convert import keras_converter
     root = tmp_path_factory.mktemp("bad")
     out = {}
     (root / "garbage.keras").write_bytes(np.random.default_rng(0).bytes(4096))
@@ -127,7 +128,7 @@ def bad_models(tmp_path_factory):
     write_card_beside(str(root / "odd_size.keras"), ModelCard(builtin_spec("coco"), (96, 100)))
     out["odd_size.keras"] = str(root / "odd_size.keras")
     tiny = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(2, 1)])   # any .tflite
-    flat = tf.lite.TFLiteConverter.from_keras_model(tiny).convert()
+    flat = keras_converter(tiny).convert()
     (root / "renamed_tflite.keras").write_bytes(flat)
     out["renamed_tflite.keras"] = str(root / "renamed_tflite.keras")
     (root / "text.tflite").write_text("this is not a flatbuffer\n")
