@@ -150,6 +150,14 @@ def test_every_variant_is_listed_with_its_card_inside_and_beside(exported, train
         # raw pixels: uint8, or int16 for int16x8 (scale 1, zero point 0 either way)
         assert meta["inputs"][0]["dtype"] == ("int16" if v["quantization"] == "int16x8" else "uint8")
         assert all({"scale", "zero_point", "dtype"} <= set(t) for t in meta["inputs"] + meta["outputs"])
+        if v["format"] == "tflite":   # one signature, its tensors named as the card's
+            from ai_edge_litert.interpreter import Interpreter
+            interpreter = Interpreter(model_path=path)
+            outputs = ["confidence", "keypoints"] if v["decoder"] else ["heatmaps"]
+            assert interpreter.get_signature_list() == {
+                "serving_default": {"inputs": ["image"], "outputs": outputs}}, path
+            assert [d["name"] for d in interpreter.get_output_details()] == outputs
+            assert sorted(t["name"] for t in meta["outputs"]) == outputs
 
 
 def test_int8_takes_uint8_pixels_and_gives_quantized_heatmaps(exported, trained):
