@@ -115,8 +115,10 @@ class KerasRunner(Runner):
             self._read_card(path)
         from model import as_stack_list
         model_ = self.model
+        # any batch size: one trace (a last, smaller batch would trace again)
+        batch = tf.TensorSpec([None, *self.input_size, 3], tf.uint8)
         self._fn = tf.function(lambda x: as_stack_list(model_(x, training=False))[-1],
-                               reduce_retracing=True)
+                               input_signature=[batch])
 
     def __call__(self, images):
         return self._fn(np.asarray(images, np.uint8)).numpy().astype(np.float32)
