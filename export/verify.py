@@ -12,7 +12,8 @@ largest absolute heatmap difference, and the median single-image CPU latency (TF
 2 interpreter threads; Keras and SavedModel with TensorFlow's default threads; ONNX, if
 onnxruntime is installed, with its defaults). All latencies are measured in one pass after the
 scoring, the models taking turns (`rounds`), so their ratios come from the same conditions.
-Differences use the first `diff_examples` crops (256). Every model is scored with the model
+Differences use the first `diff_examples` crops (256), which are also the first records the
+evaluation scores: each model runs them once (``Remembered``). Every model is scored with the model
 card it carries. Models ending in the decoder (`--with_decoder`) are scored through their own
 coordinates (mapped back to the image like any prediction), against the float model decoded
 the same way ('quarter'); their "max diff" is in crop pixels.
@@ -114,6 +115,43 @@ def batched(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: i
     return np.concatenate([np.asarray(fn(images[i:i + batch])) for i in range(0, len(images), batch)])
 
 
+class Remembered:
+    """``runner`` that runs each of ``crops`` once: its outputs for them (heatmaps, or
+    keypoints and confidence) are kept and given back when the same crop comes again. The
+    difference crops are the first records of the split that the evaluation then scores."""
+
+    def __init__(self, runner, crops: np.ndarray):
+        self.runner = runner
+        self._kept = {_digest(crop): {} for crop in crops}
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self._outputs(images, "heatmaps", lambda x: (self.runner(x),))[0]
+
+    def keypoints(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self._outputs(images, "keypoints", self.runner.keypoints)
+
+    def _outputs(self, images, kind: str, run) -> tuple[np.ndarray, ...]:
+        images = np.asarray(images, np.uint8)
+        keys = [_digest(image) for image in images]
+        missing = [i for i, key in enumerate(keys) if kind not in self._kept.get(key, {})]
+        fresh = [np.asarray(v) for v in run(images[missing])] if missing else []
+        for j, i in enumerate(missing):
+            if keys[i] in self._kept:
+                self._kept[keys[i]][kind] = tuple(v[j] for v in fresh)
+        position = {i: j for j, i in enumerate(missing)}
+        each = [tuple(v[position[i]] for v in fresh) if i in position else self._kept[key][kind]
+                for i, key in enumerate(keys)]
+        return tuple(np.stack(parts) for parts in zip(*each))
+
+
+def _digest(image: np.ndarray) -> bytes:
+    import hashlib
+    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+
+
 def onnxruntime_available() -> bool:
     import importlib.util
     return importlib.util.find_spec("onnxruntime") is not None
@@ -139,7 +177,8 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
                        card.output_stride, card.crop_mode, card.padding,
                        min(limits) if limits else None)
     threshold = pck_threshold_px(card.input_size, card.output_stride)
-    ref_heatmaps = batched(reference, crops.images)
+    scored_reference = Remembered(reference, crops.images)
+    ref_heatmaps = batched(scored_reference, crops.images)
     codec = card.codec()
     ref_coords = {refine: np.asarray(codec.decode(ref_heatmaps, refine=refine)[0])
                   for refine in (EVAL_REFINE, DECODER_REFINE)}
@@ -156,7 +195,7 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
         scored["examples"] = int(metrics["examples"])
         return {k: metrics[k] for k in METRICS if metrics.get(k) is not None}
 
-    float_metrics = evaluate(reference)
+    float_metrics = evaluate(scored_reference)
     float_quarter = []
     rows = [dict(name=os.path.basename(source), format="keras", quantization="float32",
                  decoder=False, size_bytes=file_size(source), **float_metrics,
@@ -176,10 +215,11 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
             continue
         row["size_bytes"] = file_size(path)
         runner, variant_timers = open_variant(path, variant, config.threads)
+        runner = Remembered(runner, crops.images)     # timed below through variant_timers
         if runner.decodes:
             coords = batched(lambda x, r=runner: r.keypoints(x)[0], crops.images)
             if not float_quarter:    # the float model decoded as the decoder does
-                float_quarter.append(evaluate(reference, DECODER_REFINE)["pck"])
+                float_quarter.append(evaluate(scored_reference, DECODER_REFINE)["pck"])
             row.update(evaluate(runner), float_pck=float_quarter[0],
                        max_abs_diff=float(np.abs(coords - ref_coords[DECODER_REFINE]).max()),
                        diff_unit="crop px", refine=DECODER_REFINE)

@@ -236,6 +236,40 @@ def report(quickstart_verify):
     return quickstart_verify
 
 
+def test_verify_runs_each_difference_crop_once():
+    """export.verify.Remembered: a crop among the difference crops is run once, whatever the
+    batches it comes in; the outputs are the runner's, in the order asked; other crops run."""
+    from export.verify import Remembered
+
+    class Counting:
+        decodes, calls = False, []
+
+        def __call__(self, images):
+            self.calls.append(len(images))
+            return images.mean(axis=(1, 2)).astype(np.float32)          # [B, 3]: one per crop
+
+        def keypoints(self, images):
+            self.calls.append(len(images))
+            return images[:, :2, 0, :2].astype(np.float32), images[:, 0, 0, :].astype(np.float32)
+
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    runner = Counting()
+    remembered = Remembered(runner, crops)
+    first = np.concatenate([remembered(crops[:6]), remembered(crops[6:])])
+    np.testing.assert_array_equal(first, runner(crops))
+    runner.calls.clear()
+    mixed = np.concatenate([crops[3:8], other])
+    np.testing.assert_array_equal(remembered(mixed), runner(mixed))
+    assert runner.calls == [3, 8]                        # only the three other crops ran
+    runner.calls.clear()
+    for got, want in zip(remembered.keypoints(mixed), runner.keypoints(mixed)):
+        np.testing.assert_array_equal(got, want)
+    assert runner.calls == [8, 8]                        # keypoints are kept apart from heatmaps
+    assert remembered.decodes is False
+
+
 def test_verify_reports_every_model(report, exported):
     _, manifest = exported
     rows = {r["name"]: r for r in report["rows"]}
