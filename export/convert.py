@@ -603,8 +603,7 @@ def rename_io(data: bytes, io_names) -> bytes:
         graph.outputs = sorted(graph.outputs, key=lambda i: names[i])
 
         def tensor_maps(indices):
-            return [schema.TensorMapT(name=names[i].encode(), tensorIndex=int(i))
-                    for i in sorted(indices, key=lambda i: names[i])]
+            return [schema.TensorMapT(name=names[i].encode(), tensorIndex=int(i)) for i in indices]
         model.signatureDefs = [schema.SignatureDefT(
             inputs=tensor_maps(graph.inputs), outputs=tensor_maps(graph.outputs),
             signatureKey=b"serving_default", subgraphIndex=0)]

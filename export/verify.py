@@ -13,8 +13,8 @@ largest absolute heatmap difference, and the median single-image CPU latency (TF
 onnxruntime is installed, with its defaults). All latencies are measured in one pass after the
 scoring, the models taking turns (`rounds`), so their ratios come from the same conditions.
 Differences use the first `diff_examples` crops (256), which are also the first records the
-evaluation scores: each model runs them once (``Remembered``). Every model is scored with the model
-card it carries. Models ending in the decoder (`--with_decoder`) are scored through their own
+evaluation scores: each model runs them once (``Remembered``). Every model is scored with the
+model card it carries. Models ending in the decoder (`--with_decoder`) are scored through their own
 coordinates (mapped back to the image like any prediction), against the float model decoded
 the same way ('quarter'); their "max diff" is in crop pixels.
 
@@ -135,6 +135,8 @@ class Remembered:
 
     def _outputs(self, images, kind: str, run) -> tuple[np.ndarray, ...]:
         images = np.asarray(images, np.uint8)
+        if not len(images):
+            return tuple(np.asarray(v) for v in run(images))
         keys = [_digest(image) for image in images]
         missing = [i for i, key in enumerate(keys) if kind not in self._kept.get(key, {})]
         fresh = [np.asarray(v) for v in run(images[missing])] if missing else []

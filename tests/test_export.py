@@ -268,6 +268,7 @@ def test_verify_runs_each_difference_crop_once():
         np.testing.assert_array_equal(got, want)
     assert runner.calls == [8, 8]                        # keypoints are kept apart from heatmaps
     assert remembered.decodes is False
+    assert remembered(crops[:0]).shape == (0, 3)
 
 
 def test_verify_reports_every_model(report, exported):
