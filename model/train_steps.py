@@ -1,7 +1,8 @@
 """The step functions of training and validation (orbit's trainer half): no files, no cadence.
 
 - `make_optimizer(cfg, steps_per_epoch)`: the optimizer and learning-rate schedule of a
-  `model.trainer.TrainConfig` (a loss-scale optimizer for float16 runs).
+  `model.trainer.TrainConfig` (a loss-scale optimizer for float16 runs). Adam and SGD are
+  Keras's, updated by TF's fused kernels (`FusedAdam`, `FusedSGD`).
 - `make_train_loop(...)`: a `tf.function(iterator, num_steps)` running `num_steps` steps (a
   `tf.range` loop over `strategy.run`, orbit's `loop_fns`): the loss is summed per example
   and divided by the global batch, gradients come from an optionally XLA-compiled function,
@@ -52,14 +53,78 @@ def make_optimizer(cfg: "TrainConfig", steps_per_epoch: int) -> keras.optimizers
     else:
         schedule = _Warmup(None, lr, warmup) if warmup else lr
     if cfg.optimizer == "adam":
-        opt = keras.optimizers.Adam(schedule)
+        opt = FusedAdam(schedule)
     elif cfg.optimizer == "rmsprop":
         opt = keras.optimizers.RMSprop(schedule)
     else:
-        opt = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
+        opt = FusedSGD(schedule, momentum=0.9, nesterov=True)
     if cfg.mixed_precision:
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
+
+
+class _FusedUpdate:
+    """Keras's TF optimizer with each variable updated by one fused TF kernel instead of the
+    dozen element-wise ops of Keras's `update_step` (Adam: 32 graph nodes per variable, 7,500
+    of a one-stack model's 12,700). The same formulas on the same slot variables, so
+    checkpoints are interchangeable and results equal to float rounding; the train graph
+    traces and optimizes in half the time and a GPU launches one kernel per variable.
+    Sparse gradients fall back to Keras's own update."""
+
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        if not self._fusable():
+            return super()._distributed_tf_update_step(distribution, grads_and_vars, learning_rate)
+        shared = {k: tf.convert_to_tensor(v, tf.float32)    # once, not once per variable
+                  for k, v in self._shared_terms(tf.cast(learning_rate, tf.float32)).items()}
+
+        def update(var, grad):
+            if isinstance(grad, tf.IndexedSlices):
+                return self.update_step(grad, var, learning_rate)
+            dtype = var.dtype
+            return self._fused_update(var, tf.cast(grad, dtype),
+                                      {k: tf.cast(v, dtype) for k, v in shared.items()})
+
+        for grad, var in grads_and_vars:
+            distribution.extended.update(var, update, args=(grad,), group=False)
+
+    def _slot(self, slots, var):
+        return slots[self._get_variable_index(var)].value.handle
+
+
+@keras.saving.register_keras_serializable(package="hourglass")
+class FusedAdam(_FusedUpdate, keras.optimizers.Adam):
+    """`keras.optimizers.Adam` (not amsgrad) applied by `ResourceApplyAdam`."""
+
+    def _fusable(self):
+        return not self.amsgrad
+
+    def _shared_terms(self, lr):
+        step = tf.cast(self.iterations + 1, tf.float32)
+        return {"lr": lr, "beta1_power": tf.pow(tf.constant(self.beta_1, tf.float32), step),
+                "beta2_power": tf.pow(tf.constant(self.beta_2, tf.float32), step),
+                "beta1": self.beta_1, "beta2": self.beta_2, "epsilon": self.epsilon}
+
+    def _fused_update(self, var, grad, terms):
+        return tf.raw_ops.ResourceApplyAdam(
+            var=var.handle, m=self._slot(self._momentums, var),
+            v=self._slot(self._velocities, var), grad=grad, **terms)
+
+
+@keras.saving.register_keras_serializable(package="hourglass")
+class FusedSGD(_FusedUpdate, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` with momentum (Nesterov or not) applied by
+    `ResourceApplyKerasMomentum`; without momentum Keras's own update."""
+
+    def _fusable(self):
+        return self.momentum != 0
+
+    def _shared_terms(self, lr):
+        return {"lr": lr, "momentum": self.momentum}
+
+    def _fused_update(self, var, grad, terms):
+        return tf.raw_ops.ResourceApplyKerasMomentum(
+            var=var.handle, accum=self._slot(self.momentums, var), grad=grad,
+            use_nesterov=self.nesterov, **terms)
 
 
 @keras.saving.register_keras_serializable(package="hourglass")
