@@ -23,7 +23,8 @@ What it does, in order:
    (centre, longer side), placed in each held-out person's box.
 5. Writes ``OUT/lsp_hourglass.keras`` (+ its json), exports ``OUT/lsp_hourglass_int8.tflite``
    (full integer, uint8 input, calibrated on crops of the training records) with
-   ``python -m export`` and evaluates it on the same held-out photos.
+   ``python -m export`` and evaluates it on the same held-out photos (``evaluate_models``: the
+   three evaluations of steps 3 and 5 share one pass over the records).
 6. Prints a summary and ``key: value`` lines (the last ones: ``heldout_pck_torso@0.2``,
    ``int8_pck_torso@0.2``, ``train_seconds``); everything also goes to ``OUT/learn_human.json``.
 """
@@ -131,19 +132,23 @@ def torso_figures(pred: np.ndarray, truth: "learn_real.SplitLabels", names) -> d
     return out
 
 
-def evaluate_file(model_path: str, records: str, spec, held_out, out_dir: str, flip_test: bool,
-                  tag: str) -> dict:
-    """evaluate_model's torso PCK and errors of one model file on the held-out records."""
-    from model.evaluation import evaluate_model
+def evaluate_files(scored: list[tuple[str, bool, str]], records: str, spec, held_out,
+                   out_dir: str) -> list[dict]:
+    """evaluate_model's torso PCK and errors on the held-out records of each (model file,
+    flip test, tag), all in one pass over the records."""
+    from model.evaluation import Scoring, evaluate_models
     from model.runner import load_runner
 
-    metrics = evaluate_model(load_runner(model_path), records, "val", spec, crop_mode="box",
-                             batch_size=16, flip_test=flip_test, refine="dark",
-                             result_json=os.path.join(out_dir, f"heldout_predictions_{tag}.json"))
-    if metrics["examples"] != len(held_out.source_ids):
-        raise RuntimeError(f"{model_path}: evaluated {metrics['examples']} held-out records, "
-                           f"expected {len(held_out.source_ids)}")
-    return metrics
+    runners = {path: load_runner(path) for path in dict.fromkeys(path for path, _, _ in scored)}
+    scorings = [Scoring(runners[path], spec, crop_mode="box", flip_test=flip, refine="dark",
+                        result_json=os.path.join(out_dir, f"heldout_predictions_{tag}.json"))
+                for path, flip, tag in scored]
+    results = evaluate_models(scorings, records, "val", batch_size=16)
+    for (path, _, _), metrics in zip(scored, results):
+        if metrics["examples"] != len(held_out.source_ids):
+            raise RuntimeError(f"{path}: evaluated {metrics['examples']} held-out records, "
+                               f"expected {len(held_out.source_ids)}")
+    return results
 
 
 def export_int8(model_path: str, records: str, out_dir: str) -> str:
@@ -242,10 +247,9 @@ def main(argv=None) -> int:
     model_path = os.path.join(out, f"{MODEL_NAME}.keras")
     shutil.copyfile(trained["final_model"], model_path)
     shutil.copyfile(metadata_path(trained["final_model"]), metadata_path(model_path))
-    plain = evaluate_file(model_path, records, spec, held_out, out, False, "float")
-    flipped = evaluate_file(model_path, records, spec, held_out, out, True, "float_flip")
     int8_path = export_int8(model_path, records, out)
-    int8 = evaluate_file(int8_path, records, spec, held_out, out, True, "int8_flip")
+    plain, flipped, int8 = evaluate_files([(model_path, False, "float"), (model_path, True, "float_flip"),
+                                           (int8_path, True, "int8_flip")], records, spec, held_out, out)
     sizes = {"keras": model_path, "keras_mb": os.path.getsize(model_path) / 1e6, "int8": int8_path,
              "int8_mb": os.path.getsize(int8_path) / 1e6}
     atomic_write_json(os.path.join(out, "learn_human.json"), {

@@ -698,7 +698,7 @@ WITHIN_HALF_PX = 0.99  # half a pixel of eval's, for 99% of them (``agreement_pr
 
 
 def agreement(pipeline_path: str, reference_path: str, tfrecords: str, split: str = "val",
-              max_examples: Optional[int] = None) -> dict:
+              max_examples: Optional[int] = None, reference=None) -> dict:
     """The pipeline file's keypoints against ``run.py eval``'s for ``reference_path`` (the
     model it was exported from, or a crop model of the same quantization) on the same
     records: frame -> pipeline (box: ``record_box``, the record's crop exactly; the whole
@@ -710,7 +710,8 @@ def agreement(pipeline_path: str, reference_path: str, tfrecords: str, split: st
     eval crops (``pck_reference``, ``pck_pipeline``, ``run.py eval``'s threshold) and COCO
     OKS AP of both against the records' ground truth (``ap_reference``, ``ap_pipeline``)
     where the keypoints have OKS sigmas; ``skipped_frames``: images larger than the
-    pipeline's frame (not compared)."""
+    pipeline's frame (not compared). ``reference``: the runner of ``reference_path`` when
+    the caller has it open."""
     from model.evaluation import coco_ground_truth, ground_truth_annotation
     from model.metrics import coco_keypoint_ap, coco_result, pck_counts, pck_threshold_px
     from model.predictor import Predictor
@@ -718,7 +719,7 @@ def agreement(pipeline_path: str, reference_path: str, tfrecords: str, split: st
     from pipeline import affine
 
     pipeline = PipelineRunner(pipeline_path)
-    reference = load_runner(reference_path)
+    reference = reference if reference is not None else load_runner(reference_path)
     card = reference.card
     if card is None:
         raise ExportError(f"{reference_path} carries no model card: the eval crop comes from it")

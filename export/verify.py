@@ -154,6 +154,11 @@ def _digest(image: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
 
 
+def _kept(metrics: dict) -> dict:
+    """The figures of an evaluate_model result that a row keeps (``METRICS``)."""
+    return {k: metrics[k] for k in METRICS if metrics.get(k) is not None}
+
+
 def onnxruntime_available() -> bool:
     import importlib.util
     return importlib.util.find_spec("onnxruntime") is not None
@@ -163,7 +168,7 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
                    log: Callable[[str], None] = print) -> dict:
     """Rows for the source model and every variant of `models_dir` (see the module docstring).
     Every model is scored by ``model.evaluation.evaluate_model`` with the card it carries."""
-    from model.evaluation import evaluate_model
+    from model.evaluation import Scoring, evaluate_models
     from model.metrics import pck_threshold_px
     from model.runner import KerasRunner
 
@@ -189,47 +194,47 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
     # evaluate_model stops after the batch that reaches max_examples: a divisor as batch size
     # makes it score exactly max_examples records
     batch = max(d for d in range(1, 17) if not config.max_examples or config.max_examples % d == 0)
-    scored = {}
 
-    def evaluate(runner, refine: str = EVAL_REFINE) -> dict:
-        metrics = evaluate_model(runner, tfrecords, config.split, refine=refine, batch_size=batch,
-                                 max_examples=config.max_examples)
-        scored["examples"] = int(metrics["examples"])
-        return {k: metrics[k] for k in METRICS if metrics.get(k) is not None}
-
-    float_metrics = evaluate(scored_reference)
-    float_quarter = []
-    rows = [dict(name=os.path.basename(source), format="keras", quantization="float32",
-                 decoder=False, size_bytes=file_size(source), **float_metrics,
-                 float_pck=float_metrics["pck"], px_vs_float=0.0, px_vs_float_max=0.0,
-                 max_abs_diff=0.0, diff_unit="heatmap")]
-    timers = {(0, "tf"): lambda: reference(one)}
-    log(f"{rows[0]['name']}: PCK {float_metrics['pck']:.4f}")
-    skipped = []
+    opened, skipped = [], []
     for variant in manifest["variants"]:
         path = os.path.join(models_dir, variant["path"])
-        row = {k: variant[k] for k in ("name", "format", "quantization", "decoder")}
         if not os.path.exists(path):
             raise VerifyError(f"{path} is listed in {MANIFEST_NAME} but missing; re-run the export")
         if variant["format"] == "onnx" and not onnxruntime_available():
             skipped.append({"name": variant["name"], "reason": "onnxruntime is not installed"})
             log(f"{variant['name']}: skipped (onnxruntime is not installed)")
             continue
-        row["size_bytes"] = file_size(path)
         runner, variant_timers = open_variant(path, variant, config.threads)
-        runner = Remembered(runner, crops.images)     # timed below through variant_timers
+        opened.append((variant, path, Remembered(runner, crops.images), variant_timers))
+    # every model scored in one pass over the records (the same batches each would see alone)
+    scorings = [Scoring(scored_reference, refine=EVAL_REFINE)]
+    if any(runner.decodes for _, _, runner, _ in opened):   # the float model decoded as the decoder does
+        scorings.append(Scoring(scored_reference, refine=DECODER_REFINE))
+    scorings += [Scoring(runner, refine=EVAL_REFINE) for _, _, runner, _ in opened]
+    scored = evaluate_models(scorings, tfrecords, config.split, batch_size=batch,
+                             max_examples=config.max_examples)
+    float_metrics = _kept(scored[0])
+    float_quarter = scored[1]["pck"] if len(scorings) > len(opened) + 1 else None
+    rows = [dict(name=os.path.basename(source), format="keras", quantization="float32",
+                 decoder=False, size_bytes=file_size(source), **float_metrics,
+                 float_pck=float_metrics["pck"], px_vs_float=0.0, px_vs_float_max=0.0,
+                 max_abs_diff=0.0, diff_unit="heatmap")]
+    timers = {(0, "tf"): lambda: reference(one)}
+    log(f"{rows[0]['name']}: PCK {float_metrics['pck']:.4f}")
+    for (variant, path, runner, variant_timers), metrics in zip(
+            opened, scored[len(scorings) - len(opened):]):
+        row = {k: variant[k] for k in ("name", "format", "quantization", "decoder")}
+        row["size_bytes"] = file_size(path)
         if runner.decodes:
             coords = batched(lambda x, r=runner: r.keypoints(x)[0], crops.images)
-            if not float_quarter:    # the float model decoded as the decoder does
-                float_quarter.append(evaluate(scored_reference, DECODER_REFINE)["pck"])
-            row.update(evaluate(runner), float_pck=float_quarter[0],
+            row.update(_kept(metrics), float_pck=float_quarter,
                        max_abs_diff=float(np.abs(coords - ref_coords[DECODER_REFINE]).max()),
                        diff_unit="crop px", refine=DECODER_REFINE)
             reference_coords = ref_coords[DECODER_REFINE]
             time_one = "keypoints"
         else:
             heatmaps = batched(runner, crops.images)
-            row.update(evaluate(runner), float_pck=float_metrics["pck"],
+            row.update(_kept(metrics), float_pck=float_metrics["pck"],
                        max_abs_diff=float(np.abs(heatmaps - ref_heatmaps).max()),
                        diff_unit="heatmap", refine=EVAL_REFINE)
             coords = np.asarray(codec.decode(heatmaps, refine=EVAL_REFINE)[0])
@@ -255,9 +260,11 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
     for (index, key), value in latencies.items():
         rows[index]["latency_ms"][key] = value
     add_ratios(rows)
-    pipelines = verify_pipelines(models_dir, manifest, tfrecords, config, log)
+    open_runners = {os.path.abspath(path): runner.runner for _, path, runner, _ in opened}
+    open_runners[os.path.abspath(source)] = reference
+    pipelines = verify_pipelines(models_dir, manifest, tfrecords, config, log, open_runners)
     return {"models": os.path.abspath(models_dir), "tfrecords": os.path.abspath(tfrecords),
-            "split": config.split, "examples": scored["examples"],
+            "split": config.split, "examples": int(scored[0]["examples"]),
             "diff_examples": int(len(crops.images)), "pck_threshold_px": threshold, "rows": rows,
             "pipelines": pipelines, "skipped": skipped,
             "failed": [r["name"] for r in rows + pipelines if r.get("problems")]}
@@ -284,10 +291,12 @@ def pipeline_reference(models_dir: str, manifest: dict, entry: dict) -> tuple[st
 
 
 def verify_pipelines(models_dir: str, manifest: dict, tfrecords: str,
-                     config: VerifyConfig = VerifyConfig(), log: Callable[[str], None] = print) -> list[dict]:
+                     config: VerifyConfig = VerifyConfig(), log: Callable[[str], None] = print,
+                     runners: Optional[dict] = None) -> list[dict]:
     """One row per file under the manifest's ``pipelines``: its agreement with run.py eval of
     its reference (``pipeline_reference``) on the split's records (the module docstring), and
-    ``problems`` when it misses half a pixel on more than 1% of the keypoints."""
+    ``problems`` when it misses half a pixel on more than 1% of the keypoints. ``runners``:
+    runners already open, by absolute model path (the reference is not loaded again)."""
     from export.convert import ExportError
     from export.pipeline_model import agreement, agreement_problem
     from model.runner import ModelFileError
@@ -300,7 +309,8 @@ def verify_pipelines(models_dir: str, manifest: dict, tfrecords: str,
                               f"with --full_pipeline")
         reference, judged = pipeline_reference(models_dir, manifest, entry)
         try:
-            result = agreement(path, reference, tfrecords, config.split, config.max_examples)
+            result = agreement(path, reference, tfrecords, config.split, config.max_examples,
+                               (runners or {}).get(os.path.abspath(reference)))
         except (ExportError, ModelFileError) as e:
             raise VerifyError(f"{path}: {e}") from e
         row = {"name": entry["name"], "format": "tflite", "quantization": entry["quantization"],

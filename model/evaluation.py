@@ -12,6 +12,7 @@ themselves (``coco_ground_truth``: one annotation per record, image id = source_
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Optional
@@ -36,6 +37,35 @@ def default_card(runner: Runner, spec: KeypointSpec) -> ModelCard:
                      output_stride=runner.stride or OUTPUT_STRIDE)
 
 
+@dataclasses.dataclass
+class Scoring:
+    """One model to score in a pass of ``evaluate_models``, and how: ``evaluate_model``'s
+    arguments of the same names."""
+
+    runner: Runner
+    spec: Optional[KeypointSpec] = None
+    card: Optional[ModelCard] = None
+    crop_mode: Optional[str] = None
+    padding: Optional[float] = None
+    flip_test: bool = False
+    refine: Optional[str] = None
+    result_json: Optional[str] = None
+    save_result: Optional[str] = None
+
+    def resolved_card(self) -> ModelCard:
+        """The card the crop and codec come from: ``card``, else the runner's, else
+        ``default_card``; ``spec``, ``crop_mode`` and ``padding`` replace its fields."""
+        card = self.card or self.runner.card
+        if card is None:
+            if self.spec is None:
+                raise ValueError(f"{self.runner.kind} model has no model card: pass its keypoint "
+                                 f"definition")
+            card = default_card(self.runner, self.spec)
+        changes = {k: v for k, v in (("keypoints", self.spec), ("crop_mode", self.crop_mode),
+                                     ("padding", self.padding)) if v is not None}
+        return card.replace(**changes) if changes else card
+
+
 def evaluate_model(runner: Runner, tfrecords: str, split: str, spec: Optional[KeypointSpec] = None,
                    *, card: Optional[ModelCard] = None, crop_mode: Optional[str] = None,
                    padding: Optional[float] = None, batch_size: int = 16, flip_test: bool = False,
@@ -47,64 +77,114 @@ def evaluate_model(runner: Runner, tfrecords: str, split: str, spec: Optional[Ke
     or 'coco_unavailable', ...). The crop and codec come from ``card`` (default: the runner's
     own card); ``spec`` (e.g. with sigmas given by flags), ``crop_mode`` and ``padding``
     replace the card's. ``annotations``: a COCO json to score OKS AP against (the records'
-    source); None builds the ground truth from the records."""
-    from model.predictor import Predictor
-    from pipeline.input_reader import InputReader
-    from pipeline.parser import Parser
-    from pipeline.records import split_files
+    source); None builds the ground truth from the records. ``max_examples``: stop after the
+    batch that reaches it."""
+    scoring = Scoring(runner, spec, card, crop_mode, padding, flip_test, refine, result_json,
+                      save_result)
+    return evaluate_models([scoring], tfrecords, split, batch_size=batch_size,
+                           annotations=annotations, max_examples=max_examples)[0]
 
-    card = card or runner.card
-    if card is None:
-        if spec is None:
-            raise ValueError(f"{runner.kind} model has no model card: pass its keypoint definition")
-        card = default_card(runner, spec)
-    changes = {k: v for k, v in (("keypoints", spec), ("crop_mode", crop_mode), ("padding", padding))
-               if v is not None}
-    card = card.replace(**changes) if changes else card
-    spec = card.keypoints
-    predictor = Predictor(runner, card, refine=refine, flip_test=flip_test)
-    parser = Parser(card.eval_parser_config(), spec)
+
+def evaluate_models(scorings: list[Scoring], tfrecords: str, split: str, *, batch_size: int = 16,
+                    annotations: Optional[str] = None,
+                    max_examples: Optional[int] = None) -> list[dict]:
+    """``evaluate_model`` of each of ``scorings``, in that order, reading the records once for
+    all the scorings that crop alike (one pass per distinct crop and keypoint definition):
+    each model sees the same batches it would see alone, so its metrics are the same."""
+    from pipeline.parser import Parser
+
+    cards = [s.resolved_card() for s in scorings]
+    passes: list[tuple[tuple, list[int]]] = []
+    for i, card in enumerate(cards):
+        key = (card.eval_parser_config(), card.keypoints)
+        for parser_key, members in passes:
+            if parser_key == key:
+                members.append(i)
+                break
+        else:
+            passes.append((key, [i]))
+    metrics: list[Optional[dict]] = [None] * len(scorings)
+    for (parser_config, spec), members in passes:
+        scorers = [_Scorer(scorings[i], cards[i]) for i in members]
+        truth, seen, reading = [], 0, 0.0
+        started = time.time()
+        for images, labels in _eval_batches(Parser(parser_config, spec), tfrecords, split, batch_size):
+            images = images.numpy()
+            labels = {k: v.numpy() for k, v in labels.items()}
+            reading += time.time() - started
+            for scorer in scorers:
+                scorer.add(images, labels, seen)
+            for i in range(len(images)):
+                truth.append(ground_truth_annotation(int(labels["source_id"][i]),
+                                                     labels["orig_keypoints"][i],
+                                                     labels["visibility"][i], labels["area"][i],
+                                                     labels["bbox"][i]))
+            seen += len(images)
+            started = time.time()
+            if max_examples and seen >= max_examples:
+                break
+        for i, scorer in zip(members, scorers):
+            metrics[i] = scorer.result(truth, seen, reading, annotations)
+    return metrics
+
+
+def _eval_batches(parser, tfrecords: str, split: str, batch_size: int):
+    from pipeline.input_reader import InputReader
+    from pipeline.records import split_files
     reader = InputReader(file_pattern=split_files(tfrecords, split), parser=parser,
                          is_training=False, global_batch_size=batch_size)
-    acc = KeypointAccumulator(spec.num_keypoints, pck_threshold_px(card.input_size, card.output_stride),
-                              spec.names)
-    results, truth, seen, started = [], [], 0, time.time()
-    if save_result:
-        os.makedirs(save_result, exist_ok=True)
-    for images, labels in reader(None):
-        images = images.numpy()
-        coords, conf = predictor.crop_keypoints(images)
-        orig = predictor.to_image(coords, labels["matrix"].numpy())
-        acc.add(coords, labels["keypoints"].numpy(), labels["weights"].numpy(), orig,
-                labels["orig_keypoints"].numpy(), labels["visibility"].numpy(),
-                labels["head_size"].numpy())
-        gt_orig, visibility = labels["orig_keypoints"].numpy(), labels["visibility"].numpy()
-        areas, boxes = labels["area"].numpy(), labels["bbox"].numpy()
+    return reader(None)
+
+
+class _Scorer:
+    """One model's predictions over the batches of a pass, and its metrics."""
+
+    def __init__(self, scoring: Scoring, card: ModelCard):
+        from model.predictor import Predictor
+        self.scoring, self.card, self.spec = scoring, card, card.keypoints
+        self.predictor = Predictor(scoring.runner, card, refine=scoring.refine,
+                                   flip_test=scoring.flip_test)
+        self.acc = KeypointAccumulator(self.spec.num_keypoints,
+                                       pck_threshold_px(card.input_size, card.output_stride),
+                                       self.spec.names)
+        self.results: list[dict] = []
+        self.seconds = 0.0
+        if scoring.save_result:
+            os.makedirs(scoring.save_result, exist_ok=True)
+
+    def add(self, images: np.ndarray, labels: dict, first_index: int) -> None:
+        started = time.time()
+        coords, conf = self.predictor.crop_keypoints(images)
+        orig = self.predictor.to_image(coords, labels["matrix"])
+        self.acc.add(coords, labels["keypoints"], labels["weights"], orig, labels["orig_keypoints"],
+                     labels["visibility"], labels["head_size"])
         for i in range(len(images)):
-            image_id = int(labels["source_id"][i].numpy())
-            results.append(coco_result(image_id, orig[i], conf[i]))
-            truth.append(ground_truth_annotation(image_id, gt_orig[i], visibility[i], areas[i], boxes[i]))
-            if save_result:
-                _save_drawn(save_result, seen + i, images[i], coords[i], conf[i], spec)
-        seen += len(images)
-        if max_examples and seen >= max_examples:
-            break
-    metrics = acc.result(spec.names)
-    metrics.update(examples=seen, model=runner.kind, flip_test=flip_test, refine=predictor.refine,
-                   crop_mode=card.crop_mode, padding=card.padding, sigma=card.sigma,
-                   decoder=runner.decodes, seconds=round(time.time() - started, 2))
-    if result_json:
-        atomic_write_json(result_json, results)
-        metrics["result_json"] = result_json
-    if spec.oks_sigmas is None:
-        metrics["coco_unavailable"] = NO_SIGMAS
-    elif results:
-        ground_truth = annotations or coco_ground_truth(truth, spec)
-        metrics["coco"] = coco_keypoint_ap(ground_truth, results, sigmas=spec.oks_sigmas)
-        metrics["coco_ground_truth"] = annotations or "records"
-    else:
-        metrics["coco_unavailable"] = "no example was evaluated"
-    return metrics
+            self.results.append(coco_result(int(labels["source_id"][i]), orig[i], conf[i]))
+            if self.scoring.save_result:
+                _save_drawn(self.scoring.save_result, first_index + i, images[i], coords[i], conf[i],
+                            self.spec)
+        self.seconds += time.time() - started
+
+    def result(self, truth: list[dict], seen: int, reading_seconds: float,
+               annotations: Optional[str]) -> dict:
+        s, spec = self.scoring, self.spec
+        metrics = self.acc.result(spec.names)
+        metrics.update(examples=seen, model=s.runner.kind, flip_test=s.flip_test,
+                       refine=self.predictor.refine, crop_mode=self.card.crop_mode,
+                       padding=self.card.padding, sigma=self.card.sigma, decoder=s.runner.decodes,
+                       seconds=round(self.seconds + reading_seconds, 2))
+        if s.result_json:
+            atomic_write_json(s.result_json, self.results)
+            metrics["result_json"] = s.result_json
+        if spec.oks_sigmas is None:
+            metrics["coco_unavailable"] = NO_SIGMAS
+        elif self.results:
+            ground_truth = annotations or coco_ground_truth(truth, spec)
+            metrics["coco"] = coco_keypoint_ap(ground_truth, self.results, sigmas=spec.oks_sigmas)
+            metrics["coco_ground_truth"] = annotations or "records"
+        else:
+            metrics["coco_unavailable"] = "no example was evaluated"
+        return metrics
 
 
 def ground_truth_annotation(image_id: int, keypoints, visibility, area: float, bbox) -> dict:

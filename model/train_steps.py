@@ -180,6 +180,7 @@ def make_train_loop(model: keras.Model, optimizer: keras.optimizers.Optimizer,
 
     compute = tf.function(compute, jit_compile=jit_compile, autograph=False)
 
+    @tf.autograph.experimental.do_not_convert      # no control flow: spares its conversion
     def replica_step(batch):
         images, labels = batch
         loss, stack_losses, grads = compute(images, labels)

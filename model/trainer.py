@@ -293,12 +293,22 @@ class Trainer:
     def evaluate(self) -> Optional[dict]:
         """Validation loss and PCK (overall, per keypoint) over every val record, plus torso
         PCK ('pck_torso@0.2', 'pck_torso@0.1' and the other keys of
-        ``model.metrics.torso_pck_metrics``; only 'pck_torso_unavailable' without a torso)."""
+        ``model.metrics.torso_pck_metrics``; only 'pck_torso_unavailable' without a torso).
+        The first evaluation also keeps the first ``num_summary_images`` val crops for the
+        image summaries."""
         if self.val_pattern is None:
             return None
         sums = EvalSums(self.spec.num_keypoints)
+        wanted = self.cfg.num_summary_images if self._summary_images is None and self.chief else 0
+        kept = []
         for batch in self._val_dataset():
             sums.add(self.strategy, self._eval_step(batch))
+            if wanted > sum(int(images.shape[0]) for images, _ in kept):
+                kept.append(tf.nest.map_structure(   # this worker's replicas, in record order
+                    lambda t: tf.concat(self.strategy.experimental_local_results(t), 0), batch))
+        if kept:
+            self._summary_images = tf.nest.map_structure(
+                lambda *parts: tf.concat(parts, 0)[:wanted], *kept)
         return sums.result(self.spec.names)
 
     # ---------------------------------------------------------------- checkpoints
@@ -357,19 +367,11 @@ class Trainer:
             if self.cfg.num_summary_images and self.chief:
                 self._write_image_summaries()
 
-    def _summary_batch(self):
-        """The first ``num_summary_images`` val crops, read once per run: the same crops at
-        every evaluation, so their drawings show the model change."""
-        if self._summary_images is None:
-            from pipeline.input_reader import InputReader
-            reader = InputReader(file_pattern=self.val_pattern, parser=self.parser, is_training=False,
-                                 global_batch_size=self.cfg.num_summary_images, seed=self.cfg.seed)
-            self._summary_images = next(iter(reader(None)))
-        return self._summary_images
-
     def _write_image_summaries(self):
         from model.draw import draw_skeleton, heatmap_overlay
-        images, labels = self._summary_batch()
+        if self._summary_images is None:
+            return
+        images, labels = self._summary_images
         predictions = as_stack_list(self.model(images, training=False))
         coords, conf = self.codec.decode(predictions[-1], refine="dark")
         drawn, maps = [], []
