@@ -361,29 +361,31 @@ def fresh_out_dir(out: str) -> str:
 
 
 def evaluate_held_out(model_path: str, records: str, spec, crop_mode: str, held_out: SplitLabels,
-                      out_dir: str, flip_test: bool) -> dict:
-    """evaluate_model's metrics on "val", plus within-X-px fractions from its predictions."""
-    from model.evaluation import evaluate_model
+                      out_dir: str) -> tuple[dict, dict]:
+    """evaluate_model's metrics on "val" without and with the flip test (one pass over the
+    records), each plus within-X-px fractions from its predictions."""
+    from model.evaluation import Scoring, evaluate_models
     from model.runner import load_runner
 
     runner = load_runner(model_path)
-    tag = "flip" if flip_test else "plain"
-    result_json = os.path.join(out_dir, f"heldout_predictions_{tag}.json")
-    metrics = evaluate_model(runner, records, "val", spec, crop_mode=crop_mode, batch_size=16,
-                             flip_test=flip_test, refine="dark", result_json=result_json)
-    with open(result_json, encoding="utf-8") as f:
-        predicted = {r["image_id"]: np.asarray(r["keypoints"], np.float64).reshape(-1, 3)[:, :2]
-                     for r in json.load(f)}
-    if sorted(predicted) != sorted(held_out.source_ids):
-        raise RuntimeError(f"{result_json}: predictions for images {sorted(predicted)}, the held-out "
-                           f"records are {sorted(held_out.source_ids)}")
-    pred = np.stack([predicted[i] for i in held_out.source_ids])
-    mine = error_summary(point_errors(pred, held_out), spec.names)
-    if abs(mine["mean_error_px"] - metrics["mean_error_px"]) > 0.01:   # results are rounded to 1e-3
-        raise RuntimeError(f"mean error from {result_json} ({mine['mean_error_px']:.4f} px) differs "
-                           f"from evaluate_model's ({metrics['mean_error_px']:.4f} px)")
-    metrics.update({k: v for k, v in mine.items() if k.startswith("within_")})
-    return metrics
+    paths = [os.path.join(out_dir, f"heldout_predictions_{tag}.json") for tag in ("plain", "flip")]
+    scorings = [Scoring(runner, spec, crop_mode=crop_mode, flip_test=flip, refine="dark", result_json=path)
+                for flip, path in zip((False, True), paths)]
+    results = evaluate_models(scorings, records, "val", batch_size=16)
+    for metrics, result_json in zip(results, paths):
+        with open(result_json, encoding="utf-8") as f:
+            predicted = {r["image_id"]: np.asarray(r["keypoints"], np.float64).reshape(-1, 3)[:, :2]
+                         for r in json.load(f)}
+        if sorted(predicted) != sorted(held_out.source_ids):
+            raise RuntimeError(f"{result_json}: predictions for images {sorted(predicted)}, the "
+                               f"held-out records are {sorted(held_out.source_ids)}")
+        pred = np.stack([predicted[i] for i in held_out.source_ids])
+        mine = error_summary(point_errors(pred, held_out), spec.names)
+        if abs(mine["mean_error_px"] - metrics["mean_error_px"]) > 0.01:   # results are rounded to 1e-3
+            raise RuntimeError(f"mean error from {result_json} ({mine['mean_error_px']:.4f} px) "
+                               f"differs from evaluate_model's ({metrics['mean_error_px']:.4f} px)")
+        metrics.update({k: v for k, v in mine.items() if k.startswith("within_")})
+    return results[0], results[1]
 
 
 # ----------------------------------------------------------------------------- report
@@ -540,10 +542,8 @@ def main(argv=None) -> int:
     print(f"recipe: {describe(recipe)}", flush=True)
 
     trained = train_as_asked(recipe, records, spec, out, args)
-    plain = evaluate_held_out(trained["final_model"], records, spec, recipe.parser.crop_mode, held_out, out,
-                              flip_test=False)
-    flipped = evaluate_held_out(trained["final_model"], records, spec, recipe.parser.crop_mode, held_out,
-                                out, flip_test=True)
+    plain, flipped = evaluate_held_out(trained["final_model"], records, spec, recipe.parser.crop_mode,
+                                       held_out, out)
     threshold = pck_threshold_px(recipe.model.input_size, recipe.parser.stride)
     atomic_write_json(os.path.join(out, "learn_real.json"), {
         "recipe": dataclasses.asdict(recipe), "baseline": baseline, "heldout": flipped,

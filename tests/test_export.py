@@ -230,6 +230,38 @@ def test_decoder_models_match_the_float_decoder(exported, trained, val_crops, re
 # ----------------------------------------------------------------------------- verification
 
 
+def test_models_scored_in_one_pass_score_as_each_alone(exported, trained, tmp_path):
+    """evaluate_models (one read of the records for all): each model's metrics and COCO
+    results are evaluate_model's for it alone; a scoring that crops otherwise (frame crop)
+    gets a pass of its own and its own figures."""
+    from model.evaluation import Scoring, evaluate_model, evaluate_models
+    from model.runner import KerasRunner, load_runner
+
+    out, manifest = exported
+    model_path, records = trained[0], trained[1]
+    keras_runner = KerasRunner(model_path)
+    int8 = load_runner(os.path.join(out, _variant(manifest, "int8")["path"]))
+    decoder = load_runner(os.path.join(out, _variant(manifest, "int8", True)["path"]))
+    asked = [dict(runner=keras_runner), dict(runner=keras_runner, flip_test=True),
+             dict(runner=int8, refine="quarter"), dict(runner=decoder),
+             dict(runner=keras_runner, crop_mode="frame")]
+    for i, a in enumerate(asked):
+        a["result_json"] = str(tmp_path / f"together_{i}.json")
+    together = evaluate_models([Scoring(**a) for a in asked], records, "val", batch_size=16,
+                               max_examples=48)
+    for i, (a, got) in enumerate(zip(asked, together)):
+        alone = evaluate_model(**dict(a, result_json=str(tmp_path / f"alone_{i}.json")),
+                               tfrecords=records, split="val", batch_size=16, max_examples=48)
+        assert got["examples"] == alone["examples"] == 48
+        for key in ("pck", "pck_torso@0.2", "mean_error_px", "refine", "flip_test", "crop_mode"):
+            assert got[key] == alone[key], (i, key, got[key], alone[key])
+        assert got["coco"]["AP"] == alone["coco"]["AP"]
+        assert json.load(open(a["result_json"])) == json.load(open(tmp_path / f"alone_{i}.json"))
+    errors = [m["mean_error_px"] for m in together]
+    assert errors[1] != errors[0] and errors[4] != errors[0]          # other scorings, other figures
+    assert together[4]["crop_mode"] == "frame"
+
+
 @pytest.fixture(scope="module")
 def report(quickstart_verify):
     """``python -m export.verify`` of the export folder on the val records (once per session)."""
