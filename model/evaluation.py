@@ -94,17 +94,11 @@ def evaluate_models(scorings: list[Scoring], tfrecords: str, split: str, *, batc
     from pipeline.parser import Parser
 
     cards = [s.resolved_card() for s in scorings]
-    passes: list[tuple[tuple, list[int]]] = []
+    passes: dict[tuple, list[int]] = {}      # (eval crop, keypoints) -> the scorings read alike
     for i, card in enumerate(cards):
-        key = (card.eval_parser_config(), card.keypoints)
-        for parser_key, members in passes:
-            if parser_key == key:
-                members.append(i)
-                break
-        else:
-            passes.append((key, [i]))
+        passes.setdefault((card.eval_parser_config(), card.keypoints), []).append(i)
     metrics: list[Optional[dict]] = [None] * len(scorings)
-    for (parser_config, spec), members in passes:
+    for (parser_config, spec), members in passes.items():
         scorers = [_Scorer(scorings[i], cards[i]) for i in members]
         truth, seen, reading = [], 0, 0.0
         started = time.time()
