@@ -207,22 +207,20 @@ def verify_exports(models_dir: str, tfrecords: str, config: VerifyConfig = Verif
         runner, variant_timers = open_variant(path, variant, config.threads)
         opened.append((variant, path, Remembered(runner, crops.images), variant_timers))
     # every model scored in one pass over the records (the same batches each would see alone)
-    scorings = [Scoring(scored_reference, refine=EVAL_REFINE)]
+    floats = [Scoring(scored_reference, refine=EVAL_REFINE)]
     if any(runner.decodes for _, _, runner, _ in opened):   # the float model decoded as the decoder does
-        scorings.append(Scoring(scored_reference, refine=DECODER_REFINE))
-    scorings += [Scoring(runner, refine=EVAL_REFINE) for _, _, runner, _ in opened]
-    scored = evaluate_models(scorings, tfrecords, config.split, batch_size=batch,
-                             max_examples=config.max_examples)
+        floats.append(Scoring(scored_reference, refine=DECODER_REFINE))
+    scored = evaluate_models(floats + [Scoring(runner, refine=EVAL_REFINE) for _, _, runner, _ in opened],
+                             tfrecords, config.split, batch_size=batch, max_examples=config.max_examples)
     float_metrics = _kept(scored[0])
-    float_quarter = scored[1]["pck"] if len(scorings) > len(opened) + 1 else None
+    float_quarter = scored[1]["pck"] if len(floats) == 2 else None
     rows = [dict(name=os.path.basename(source), format="keras", quantization="float32",
                  decoder=False, size_bytes=file_size(source), **float_metrics,
                  float_pck=float_metrics["pck"], px_vs_float=0.0, px_vs_float_max=0.0,
                  max_abs_diff=0.0, diff_unit="heatmap")]
     timers = {(0, "tf"): lambda: reference(one)}
     log(f"{rows[0]['name']}: PCK {float_metrics['pck']:.4f}")
-    for (variant, path, runner, variant_timers), metrics in zip(
-            opened, scored[len(scorings) - len(opened):]):
+    for (variant, path, runner, variant_timers), metrics in zip(opened, scored[len(floats):]):
         row = {k: variant[k] for k in ("name", "format", "quantization", "decoder")}
         row["size_bytes"] = file_size(path)
         if runner.decodes:
