@@ -432,26 +432,60 @@ def representative_dataset(images: np.ndarray) -> Callable:
     return generate
 
 
-def keras_converter(keras_model):
-    """A TFLiteConverter of `keras_model`'s inference call (training=False) with its weights
-    frozen into constants. ``from_keras_model`` gives the same ops and outputs but first writes
-    and reads back a SavedModel, which takes 3/4 of a conversion; unfrozen, the same function
-    fails in calibration (READ_VARIABLE)."""
+def frozen_call(keras_model):
+    """`keras_model`'s inference call (training=False) as a concrete function with its weights
+    frozen into constants: traced and frozen once, it serves every converter of that graph."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in keras_model.inputs]
     call = tf.function(lambda *inputs: keras_model(list(inputs) if len(inputs) > 1 else inputs[0],
                                                    training=False))
-    frozen = convert_variables_to_constants_v2(call.get_concrete_function(*specs))
-    return tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    return convert_variables_to_constants_v2(call.get_concrete_function(*specs))
+
+
+def keras_converter(keras_model, frozen=None):
+    """A TFLiteConverter of `keras_model`'s ``frozen_call`` (`frozen`, when already made).
+    ``from_keras_model`` gives the same ops and outputs but first writes and reads back a
+    SavedModel, which takes 3/4 of a conversion; unfrozen, the same function fails in
+    calibration (READ_VARIABLE)."""
+    import tensorflow as tf
+    return tf.lite.TFLiteConverter.from_concrete_functions([frozen or frozen_call(keras_model)])
+
+
+class ExportGraphs:
+    """The graphs one model is converted from, each built, traced and frozen once: the float
+    modes share ``wrap_model``'s, int8 and mixed ``integer_graph``'s with the space-to-depth
+    stem, int16x8 its own (depthwise stem); with and without the decoder apart."""
+
+    def __init__(self, model):
+        self.model = model
+        self._built = {}
+
+    def graph(self, quantization: str, with_decoder: bool):
+        """(keras.Model, its ``frozen_call``) converted for `quantization` (batch 1)."""
+        stem = None   # 16x8 has no SPACE_TO_DEPTH; its reference kernels gain nothing from it
+        if quantization in CALIBRATED:
+            stem = "depthwise" if quantization == "int16x8" else "space_to_depth"
+        key = (stem, with_decoder)
+        if key not in self._built:
+            graph = (integer_graph(self.model, with_decoder, batch_size=1, stem=stem) if stem
+                     else wrap_model(self.model, with_decoder, batch_size=1))
+            self._built[key] = graph, frozen_call(graph)
+        return self._built[key]
+
+    def converter(self, quantization: str, calibration: Optional[Calibration], with_decoder: bool):
+        """``tflite_converter`` of the graph for `quantization`."""
+        graph, frozen = self.graph(quantization, with_decoder)
+        return tflite_converter(graph, quantization, calibration, with_decoder, frozen)
 
 
 def tflite_converter(keras_model, quantization: str, calibration: Optional[Calibration],
-                     float_output: bool):
+                     float_output: bool, frozen=None):
     """A configured TFLiteConverter for one quantization mode (``mixed``: its int8 converter
-    with float builtins allowed, for ``export.quantize.rank_layers``)."""
+    with float builtins allowed, for ``export.quantize.rank_layers``); `frozen`: the model's
+    ``frozen_call``, when already made."""
     import tensorflow as tf
-    converter = keras_converter(keras_model)
+    converter = keras_converter(keras_model, frozen)
     if quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -477,22 +511,18 @@ def tflite_converter(keras_model, quantization: str, calibration: Optional[Calib
 
 def convert_tflite(model, quantization: str, calibration: Optional[Calibration],
                    with_decoder: bool = False, card: Optional[ModelCard] = None,
-                   log: Callable[[str], None] = print) -> bytes:
+                   log: Callable[[str], None] = print, graphs: Optional[ExportGraphs] = None) -> bytes:
     """Flatbuffer bytes of `model` (batch 1) in one quantization mode: ``wrap_model`` for the
     float modes, ``integer_graph`` (raw-pixel integer input) for the calibrated ones. ``mixed``
-    is ``convert_mixed`` (needs ``card`` and ``calibration.selection``) without its report."""
+    is ``convert_mixed`` (needs ``card`` and ``calibration.selection``) without its report.
+    `graphs`: the ``ExportGraphs`` of `model` shared by several calls."""
+    graphs = graphs or ExportGraphs(model)
     if quantization == "mixed":
-        return convert_mixed(model, calibration, card, with_decoder, log)[0]
-    integer = quantization in CALIBRATED
-    if integer:   # 16x8 has no SPACE_TO_DEPTH; its reference kernels gain nothing from it
-        wrapper = integer_graph(model, with_decoder, batch_size=1,
-                                stem="depthwise" if quantization == "int16x8" else "space_to_depth")
-    else:
-        wrapper = wrap_model(model, with_decoder, batch_size=1)
-    converter = tflite_converter(wrapper, quantization, calibration, float_output=with_decoder)
+        return convert_mixed(model, calibration, card, with_decoder, log, graphs=graphs)[0]
+    converter = graphs.converter(quantization, calibration, with_decoder)
     with contextlib.redirect_stdout(io.StringIO()):
         data = converter.convert()
-    if integer:
+    if quantization in CALIBRATED:
         from export.quantize import set_raw_pixel_input
         data = set_raw_pixel_input(data)
     return name_tensors(data, with_decoder)
@@ -512,7 +542,8 @@ def selection_pck(outputs: list[np.ndarray], crops, card: ModelCard, refine: str
 
 def convert_mixed(model, calibration: Optional[Calibration], card: Optional[ModelCard],
                   with_decoder: bool = False, log: Callable[[str], None] = print,
-                  keep: Optional[int] = None) -> tuple[bytes, dict]:
+                  keep: Optional[int] = None, graphs: Optional[ExportGraphs] = None
+                  ) -> tuple[bytes, dict]:
     """(flatbuffer, report) of ``--quantize mixed``: the int8 layers ranked by the quantization
     debugger on the calibration crops (at most ``MIXED_DEBUG_CROPS``), the worst kept in float
     until the PCK on ``calibration.selection`` is within 0.5 points of the float Keras model's
@@ -529,8 +560,9 @@ def convert_mixed(model, calibration: Optional[Calibration], card: Optional[Mode
     if keep is None and (calibration is None or calibration.selection is None or card is None):
         raise ExportError("--quantize mixed needs labelled crops to score PCK on: pass "
                           "--representative (a TFRecords folder)")
-    graph = integer_graph(model, with_decoder, batch_size=1)
-    converter = tflite_converter(graph, "mixed", calibration, float_output=with_decoder)
+    graphs = graphs or ExportGraphs(model)
+    graph, _ = graphs.graph("mixed", with_decoder)
+    converter = graphs.converter("mixed", calibration, with_decoder)
     debug = representative_dataset(calibration.images[:MIXED_DEBUG_CROPS])
     calibrated, ranked = rank_layers(converter, debug, log)
     if keep is not None:
@@ -557,12 +589,13 @@ def convert_mixed(model, calibration: Optional[Calibration], card: Optional[Mode
 
 
 def batched_heatmaps(keras_model, images: np.ndarray, batch: int = 16) -> np.ndarray:
-    """The source model's last-stack heatmaps of uint8 crops (fed as float32 pixels)."""
-    out = []
-    for i in range(0, len(images), batch):
-        result = keras_model(np.asarray(images[i:i + batch], np.float32), training=False)
-        out.append(np.asarray(last_stack(result)))
-    return np.concatenate(out)
+    """The source model's last-stack heatmaps of uint8 crops (fed as float32 pixels), by one
+    traced call for any batch size (eager Keras takes ~4x as long on 200 crops)."""
+    import tensorflow as tf
+    spec = tf.TensorSpec([None, *np.shape(images)[1:]], tf.float32)
+    call = tf.function(lambda x: last_stack(keras_model(x, training=False)), input_signature=[spec])
+    return np.concatenate([call(np.asarray(images[i:i + batch], np.float32)).numpy()
+                           for i in range(0, len(images), batch)])
 
 
 def name_tensors(data: bytes, with_decoder: bool) -> bytes:
@@ -760,13 +793,15 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
     if "tflite" in config.formats:
         suffix = "_decoder" if config.with_decoder else ""
         from export.quantize import tflite_facts
+        graphs = ExportGraphs(model)
         for quantization in config.quantizations:
             started = time.time()
             mixed = None
             if quantization == "mixed":
-                data, mixed = convert_mixed(model, calibration, source_card, config.with_decoder, log)
+                data, mixed = convert_mixed(model, calibration, source_card, config.with_decoder, log,
+                                            graphs=graphs)
             else:
-                data = convert_tflite(model, quantization, calibration, config.with_decoder)
+                data = convert_tflite(model, quantization, calibration, config.with_decoder, graphs=graphs)
             path = os.path.join(output_dir, f"{stem}_{QUANT_NAMES[quantization]}{suffix}.tflite")
             inputs, outputs = tflite_io(data)
             card = card_of("tflite", quantization, config.with_decoder, inputs,
