@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from export.convert import ExportError, keras_converter
+from export.convert import ExportError, frozen_call, keras_converter
 
 SUFFIX = "_pipeline.tflite"
 INPUT_NAMES = ("image", "box")
@@ -396,17 +396,22 @@ def calibration_frames(calibration, card, frame_size: Sequence[int]):
 
 
 def convert_pipeline(model, card, frame_size: Sequence[int], quantization: str,
-                     calibration=None) -> bytes:
+                     calibration=None, frozen: Optional[dict] = None) -> bytes:
     """Flatbuffer of the pipeline (``build_pipeline``) with its network in one quantization
     mode (``QUANTIZATIONS``: float32; float16 weights, ``half_network_weights``; dynamic-range
     int8 weights; int8, ``quantize_network``), checked to keep its geometry float32
-    (``reduced_geometry``) and to use builtin ops only (``check_builtin_ops``), tensors named."""
+    (``reduced_geometry``) and to use builtin ops only (``check_builtin_ops``), tensors named.
+    `frozen`: {integer network?: the pipeline's ``frozen_call``} shared by the calls of one
+    export, so the float modes build, trace and freeze the pipeline once."""
     import tensorflow as tf
     if quantization not in QUANTIZATIONS:
         raise ExportError(f"--full_pipeline --quantize {quantization}: the pipeline is written with "
                           f"{', '.join(QUANTIZATIONS)}")
-    keras_model = build_pipeline(model, card, frame_size, integer=quantization == "int8")
-    converter = keras_converter(keras_model)
+    integer = quantization == "int8"
+    frozen = {} if frozen is None else frozen
+    if integer not in frozen:
+        frozen[integer] = frozen_call(build_pipeline(model, card, frame_size, integer=integer))
+    converter = keras_converter(None, frozen[integer])
     if quantization in ("dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "int8":
@@ -638,10 +643,10 @@ def export_pipelines(model_path: str, output_dir: str, frame_size: Sequence[int]
                           f"{', '.join(QUANTIZATIONS)}")
     os.makedirs(output_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(model_path))[0]
-    written = []
+    written, frozen = [], {}
     for quantization in quantizations:
         started = time.time()
-        data = convert_pipeline(model, source_card, frame_size, quantization, calibration)
+        data = convert_pipeline(model, source_card, frame_size, quantization, calibration, frozen)
         path = os.path.join(output_dir, f"{stem}_{QUANT_NAMES[quantization]}{SUFFIX}")
         file_card = pipeline_card(source_card, quantization, frame_size, data, calibration, model_path)
         atomic_write_bytes(path, embed_in_tflite(data, file_card))
