@@ -447,13 +447,14 @@ def frozen_call(keras_model):
     return convert_variables_to_constants_v2(call.get_concrete_function(*specs))
 
 
-def keras_converter(keras_model, frozen=None):
-    """A TFLiteConverter of `keras_model`'s ``frozen_call`` (`frozen`, when already made).
+def keras_converter(keras_model=None, frozen=None):
+    """A TFLiteConverter of `keras_model`'s ``frozen_call``, or of `frozen`, one already made.
     ``from_keras_model`` gives the same ops and outputs but first writes and reads back a
     SavedModel, which takes 3/4 of a conversion; unfrozen, the same function fails in
     calibration (READ_VARIABLE)."""
     import tensorflow as tf
-    return tf.lite.TFLiteConverter.from_concrete_functions([frozen or frozen_call(keras_model)])
+    return tf.lite.TFLiteConverter.from_concrete_functions(
+        [frozen if frozen is not None else frozen_call(keras_model)])
 
 
 class ExportGraphs:

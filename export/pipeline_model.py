@@ -411,7 +411,7 @@ def convert_pipeline(model, card, frame_size: Sequence[int], quantization: str,
     frozen = {} if frozen is None else frozen
     if integer not in frozen:
         frozen[integer] = frozen_call(build_pipeline(model, card, frame_size, integer=integer))
-    converter = keras_converter(None, frozen[integer])
+    converter = keras_converter(frozen=frozen[integer])
     if quantization in ("dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "int8":
