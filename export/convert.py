@@ -468,8 +468,9 @@ class ExportGraphs:
 
     def graph(self, quantization: str, with_decoder: bool):
         """(keras.Model, its ``frozen_call``) converted for `quantization` (batch 1)."""
-        stem = None   # 16x8 has no SPACE_TO_DEPTH; its reference kernels gain nothing from it
+        stem = None
         if quantization in CALIBRATED:
+            # 16x8 has no SPACE_TO_DEPTH; its reference kernels gain nothing from it
             stem = "depthwise" if quantization == "int16x8" else "space_to_depth"
         key = (stem, with_decoder)
         if key not in self._built:
@@ -594,13 +595,11 @@ def convert_mixed(model, calibration: Optional[Calibration], card: Optional[Mode
 
 
 def batched_heatmaps(keras_model, images: np.ndarray, batch: int = 16) -> np.ndarray:
-    """The source model's last-stack heatmaps of uint8 crops (fed as float32 pixels), by one
-    traced call for any batch size (eager Keras takes ~4x as long on 200 crops)."""
-    import tensorflow as tf
-    spec = tf.TensorSpec([None, *np.shape(images)[1:]], tf.float32)
-    call = tf.function(lambda x: last_stack(keras_model(x, training=False)), input_signature=[spec])
-    return np.concatenate([call(np.asarray(images[i:i + batch], np.float32)).numpy()
-                           for i in range(0, len(images), batch)])
+    """The source model's last-stack heatmaps of uint8 crops, through ``KerasRunner`` (one
+    traced call for any batch size; eager Keras takes ~4x as long on 200 crops)."""
+    from model.runner import KerasRunner
+    runner = KerasRunner(None, model=keras_model)
+    return np.concatenate([runner(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
 def name_tensors(data: bytes, with_decoder: bool) -> bytes:
