@@ -8,7 +8,7 @@ SHARED ?= ../shared
 QS_MODEL ?= --num_stacks 1 --mobile --tiny --model_image_size 96x96
 QS_TRAIN ?= --batch_size 16 --optimizer adam --learning_rate 6e-3 --decay_type cosine --foreground_weight 10 --total_epoch 6 --seed 0
 
-.PHONY: install test quickstart lint clean
+.PHONY: install test test-processes quickstart lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,14 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# `make test`: every test but the `processes` ones (a process of their own for signals, exit codes,
+# several workers or a kill mid-write); `make test-processes` runs those, and CI (.ci/run) both.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder tests
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not processes" tests
+
+test-processes: $(STAMP)
+	$(PY) -m pytest -n 2 --dist load --maxschedchunk 1 -m processes tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

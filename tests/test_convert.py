@@ -452,6 +452,7 @@ def test_failed_run_leaves_the_folder_as_it_was(tmp_path, coco_converted, monkey
     assert after == before                            # no temp shard, stale one removed, nothing replaced
 
 
+@pytest.mark.processes
 @needs_coco
 def test_cli_verify_and_exit_codes(tmp_path, coco_converted):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)

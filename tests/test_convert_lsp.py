@@ -107,6 +107,7 @@ def test_entry_without_a_visible_joint_is_skipped_and_counted(tmp_path):
     assert [(s.file, s.reason) for s in source.skipped] == [("im00002.jpg", "no_labelled_keypoints")]
 
 
+@pytest.mark.processes
 def test_cli_converts_a_partial_folder_with_one_summary_line(tmp_path):
     """A folder holding 30 of the 10,000 images: 6 held out by --val_images, the rest train;
     the 9,970 missing entries are one line of the summary and counted in dataset_info.json."""
@@ -128,6 +129,7 @@ def test_cli_converts_a_partial_folder_with_one_summary_line(tmp_path):
     assert ["right_shoulder", "left_shoulder", "h"] in info["flip_pairs"]
 
 
+@pytest.mark.processes
 def test_cli_refuses_a_bad_shape_with_exit_2(tmp_path):
     import scipy.io
     mat = tmp_path / "joints.mat"

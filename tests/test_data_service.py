@@ -56,6 +56,7 @@ def _start(role_args, log):
                             env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 def test_loopback_service_feeds_every_record_once_and_survives_a_worker_restart(tmp_path):
     records = small_records(tmp_path, num_train=48, num_val=8, num_shards=6)

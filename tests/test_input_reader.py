@@ -111,6 +111,7 @@ def test_missing_files_error_names_the_pattern(tmp_path):
         InputReader(pattern, _identity_parse, is_training=False, global_batch_size=4)
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 def test_distribute_datasets_from_function_gives_per_replica_batches(shards, ids):
     """MirroredStrategy over 2 logical CPUs (needs a fresh process to configure devices)."""

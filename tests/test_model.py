@@ -365,6 +365,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.processes
 def test_builds_and_trains_under_mirrored_strategy_on_two_cpus():
     """Own process: logical CPU devices must be configured before TF starts. One stack keeps
     the per-replica graph (traced twice) small; the stack count plays no role here. The

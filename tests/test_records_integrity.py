@@ -76,6 +76,7 @@ def read_through_readers(folder: str):
     return {os.path.basename(f): open(f, "rb").read() for f in files}
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", COMMIT_STAGES)
 def test_conversion_killed_at_each_commit_stage(tmp_path, old_and_new, stage, capsys):
@@ -150,6 +151,7 @@ def test_readers_check_names_and_sizes_from_dataset_info(tmp_path, old_and_new):
         records.split_files(out, "train")
 
 
+@pytest.mark.processes
 def test_run_train_on_a_truncated_shard_exits_2_naming_it(tmp_path, old_and_new):
     """`python run.py train` itself (a fresh interpreter: its exit status and all of stderr)."""
     out = str(tmp_path / "records")
@@ -166,6 +168,7 @@ def test_run_train_on_a_truncated_shard_exits_2_naming_it(tmp_path, old_and_new)
     assert len(lines) == 1 and "error:" in lines[0] and victim in lines[0], lines
 
 
+@pytest.mark.processes
 def test_full_disk_leaves_nothing_and_one_message(tmp_path, old_and_new):
     """RLIMIT_FSIZE makes every write past 64 KB fail with EFBIG (Python ignores SIGXFSZ)."""
     out = str(tmp_path / "records")

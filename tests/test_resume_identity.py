@@ -199,6 +199,7 @@ def _latest_step(log_dir) -> int:
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_then_sigkill_and_each_relaunch_resumes(records, tmp_path, capsys):
     """SIGTERM to a real single-machine run: a checkpoint at the step it reached, a message,
@@ -294,6 +295,7 @@ def test_purge_rewrites_event_files_and_val_lines(tmp_path):
     assert purge_after_step(str(tmp_path), 6, 2) == {"val_lines": 0, "best_models": 0, "events": 0}
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 def test_sigterm_to_one_of_two_workers_saves_and_resumes(records, tmp_path):
     """MultiWorkerMirroredStrategy on loopback: SIGTERM to the non-chief worker makes both

@@ -219,24 +219,28 @@ QUICKSTART_FIXTURES = frozenset({"quickstart_records", "quickstart_run", "quicks
                                  "quickstart_verify"})
 
 
-# Seconds of one pytest worker per file (2 cores, 2026-12-07, after the faster TFLite
-# conversion; a file that uses the quickstart without its wait for it). Only the order of the
-# files depends on them.
-FILE_SECONDS = {"test_resume_identity": 244, "test_data_service": 84, "test_model": 53,
-                "test_learn_human": 52, "test_learn_real": 35, "test_records_integrity": 34,
-                "test_metrics_torso": 31, "test_input_reader": 18, "test_parser": 15,
-                "test_affine": 10, "test_convert": 8, "test_oracle_ap": 5,
-                "test_export_pipeline": 114, "test_model_card": 48, "test_export_quant": 34,
-                "test_run": 22, "test_tracking": 17, "test_predict_safety": 11}
+# Seconds of one pytest worker per file in `make test` (2 cores, 2026-12-08; a file that uses
+# the quickstart without its wait for it), and of its `processes` tests in `make
+# test-processes`. Only the order of the tests depends on them.
+FILE_SECONDS = {"test_resume_identity": 58, "test_model": 55, "test_learn_human": 41,
+                "test_learn_real": 23, "test_metrics_torso": 22, "test_parser": 17,
+                "test_input_reader": 14, "test_affine": 9, "test_oracle_ap": 8,
+                "test_records_integrity": 4, "test_convert": 3,
+                "test_export_pipeline": 97, "test_model_card": 37, "test_export_quant": 32,
+                "test_run": 19, "test_tracking": 18, "test_predict_safety": 13}
+PROCESS_SECONDS = {"test_resume_identity": 106, "test_data_service": 70,
+                   "test_records_integrity": 32, "test_model": 14, "test_convert": 6,
+                   "test_convert_lsp": 5, "test_input_reader": 4}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Order of the files: the export tests first, so that one worker trains the quickstart and
+    """Order of the tests: the export tests first, so that one worker trains the quickstart and
     writes its exports at once (the longest chain); then the files that do not need it, the
-    longest first (``FILE_SECONDS``), so that the other worker is busy meanwhile; then the
-    files that use the quickstart, the longest first, so that the two workers end together.
-    pytest-xdist keeps this order with ``--no-loadscope-reorder`` (``make test``); by default
-    it sends the files with the most tests first."""
+    longest first (``FILE_SECONDS``; ``PROCESS_SECONDS`` for the ``processes`` tests), so
+    that the other worker is busy meanwhile; then the files that use the quickstart, the
+    longest first, so that the two workers end together. pytest-xdist keeps this order with
+    ``--no-loadscope-reorder`` (``make test``); by default it sends the files with the most
+    tests first."""
     def uses_quickstart(item) -> bool:
         return bool(QUICKSTART_FIXTURES & set(item.fixturenames))
 
@@ -246,6 +250,7 @@ def pytest_collection_modifyitems(config, items):
         module = item.module.__name__
         if module == "tests.test_export":
             return 0, 0.0
-        return (2 if module in consumers else 1), -FILE_SECONDS.get(module.rsplit(".", 1)[-1], 0.0)
+        seconds = PROCESS_SECONDS if item.get_closest_marker("processes") else FILE_SECONDS
+        return (2 if module in consumers else 1), -seconds.get(module.rsplit(".", 1)[-1], 0.0)
 
     items[:] = sorted(items, key=rank)      # stable: the order inside a file is kept
