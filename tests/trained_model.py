@@ -233,6 +233,7 @@ PROCESS_SECONDS = {"test_resume_identity": 106, "test_data_service": 70,
                    "test_convert_lsp": 5, "test_input_reader": 4}
 
 
+@pytest.hookimpl(trylast=True)          # after -m / -k deselected what this run does not run
 def pytest_collection_modifyitems(config, items):
     """Order of the tests: the export tests first, so that one worker trains the quickstart and
     writes its exports at once (the longest chain); then the files that do not need it, the
@@ -245,12 +246,17 @@ def pytest_collection_modifyitems(config, items):
         return bool(QUICKSTART_FIXTURES & set(item.fixturenames))
 
     consumers = {item.module.__name__ for item in items if uses_quickstart(item)}
+    # a file's seconds: those of its parts selected here (make test, make test-processes or both)
+    parts = {(item.module.__name__, bool(item.get_closest_marker("processes"))) for item in items}
+    seconds: dict[str, float] = {}
+    for module, processes in parts:
+        table = PROCESS_SECONDS if processes else FILE_SECONDS
+        seconds[module] = seconds.get(module, 0.0) + table.get(module.rsplit(".", 1)[-1], 0.0)
 
     def rank(item) -> tuple[int, float]:
         module = item.module.__name__
         if module == "tests.test_export":
             return 0, 0.0
-        seconds = PROCESS_SECONDS if item.get_closest_marker("processes") else FILE_SECONDS
-        return (2 if module in consumers else 1), -seconds.get(module.rsplit(".", 1)[-1], 0.0)
+        return (2 if module in consumers else 1), -seconds[module]
 
     items[:] = sorted(items, key=rank)      # stable: the order inside a file is kept
